@@ -1,0 +1,211 @@
+"""Adam's direction (``scale_by_adam``) and its decoupled-decay form (``scale_by_adamw``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import foreach as fe
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.fusion import Kernel
+from functrain.transforms.scaling import add_decayed_weights
+from functrain.transforms.validation import check_betas, check_nonnegative
+from functrain.tree import TreeInfo, describe_mismatch, foreach_clone
+
+__all__ = ["ScaleByAdamState", "check_state_paths", "scale_by_adam", "scale_by_adamw"]
+
+
+@state_record
+class ScaleByAdamState:
+    """State of :func:`scale_by_adam`.
+
+    Attributes:
+        count: number of steps taken, a 0-d float32 tensor (torch.optim's ``step``).
+        mu: first moments, one tensor per leaf (torch's ``exp_avg``).
+        nu: second moments, one per leaf (``exp_avg_sq``).
+        nu_max: running maximum of ``nu`` with ``amsgrad`` (``max_exp_avg_sq``), else empty.
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    mu: tuple[Tensor, ...]
+    nu: tuple[Tensor, ...]
+    nu_max: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def check_state_paths(name: str, state_paths: tuple[str, ...], info: TreeInfo) -> None:
+    """Raise ``ValueError`` when the updates' leaves are not the ones ``state`` was built for."""
+    paths = info.paths
+    if state_paths is not paths and state_paths != paths:
+        raise ValueError(
+            f"{name}: the update tree does not match the optimizer state: "
+            + describe_mismatch(paths, state_paths)
+        )
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    amsgrad: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Rescale updates by Adam's bias-corrected moment estimates.
+
+    With ``t`` the step count, ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g**2``, the update
+    is ``(m / (1 - b1**t)) / (sqrt(v) / sqrt(1 - b2**t) + eps)``; with ``amsgrad`` the running
+    maximum of ``v`` replaces ``v``. Follow it with ``scale_by_learning_rate(lr)`` for Adam.
+
+    Args:
+        b1, b2: decay rates of the first and second moments, each in [0, 1)
+            (torch's ``betas``).
+        eps: added to the denominator, >= 0.
+        amsgrad: use the maximum of past second moments (torch's ``amsgrad``).
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> adam_like = chain(scale_by_adam(0.9, 0.999), scale_by_learning_rate(1e-3))
+    """
+    b1, b2 = check_betas((b1, b2))
+    check_nonnegative("eps", eps)
+    eps = float(eps)
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdamState:
+        device = params[0].device if params else torch.device("cpu")
+
+        def zeros() -> tuple[Tensor, ...]:
+            return tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params)
+
+        return ScaleByAdamState(
+            count=torch.zeros((), dtype=torch.float32, device=device),
+            mu=zeros(),
+            nu=zeros(),
+            nu_max=zeros() if amsgrad else (),
+            paths=info.paths,
+        )
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByAdamState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByAdamState]:
+        check_state_paths("scale_by_adam", state.paths, info)
+        donate = info.donate
+        count = state.count.add_(1) if donate else state.count + 1
+        # In float64, as torch.optim evaluates them (in Python floats) for every param dtype.
+        t = count.to(torch.float64)
+        bc1 = 1 - torch.pow(b1, t)
+        bc2_sqrt = torch.sqrt(1 - torch.pow(b2, t))
+
+        def group(
+            g: list[Tensor], m: list[Tensor], v: list[Tensor], *vmax: list[Tensor]
+        ) -> tuple[list[Tensor], ...]:
+            if maximize:
+                g = fe.neg(g)
+            m = fe.lerp(m, g, 1 - b1, donate)
+            v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
+            vm = fe.maximum(vmax[0], v, donate) if amsgrad else []
+            denom = fe.add(fe.div(fe.sqrt(vm if amsgrad else v), bc2_sqrt, donate), eps, donate)
+            direction = fe.div(fe.div(m, denom, False), bc1, donate)
+            return direction, m, v, vm
+
+        lists = (updates, list(state.mu), list(state.nu)) + (
+            (list(state.nu_max),) if amsgrad else ()
+        )
+        direction, mu, nu, nu_max = info.foreach(group, *lists)
+        return direction, ScaleByAdamState(
+            count, tuple(mu), tuple(nu), tuple(nu_max) if amsgrad else (), state.paths
+        )
+
+    def fused(
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: ScaleByAdamState,
+        info: TreeInfo,
+        *,
+        lr: float | Tensor,
+        weight_decay: float,
+        decoupled: bool,
+    ) -> tuple[list[Tensor], ScaleByAdamState]:
+        check_state_paths("scale_by_adam", state.paths, info)
+        donate = info.donate
+        count = state.count.add_(1) if donate else state.count + 1
+        mu, nu, nu_max = list(state.mu), list(state.nu), list(state.nu_max)
+        if not donate:
+            params, mu, nu = foreach_clone(params), foreach_clone(mu), foreach_clone(nu)
+            nu_max = foreach_clone(nu_max)
+        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+
+        def group(
+            p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], *vmax: list[Tensor]
+        ) -> list[Tensor]:
+            device = p[0].device
+            step = count.to(device)
+            kernel(
+                p,
+                g,
+                m,
+                v,
+                vmax[0] if amsgrad else [],
+                [step] * len(p),
+                lr=lr.to(device) if isinstance(lr, Tensor) else lr,
+                beta1=b1,
+                beta2=b2,
+                weight_decay=weight_decay,
+                eps=eps,
+                amsgrad=amsgrad,
+                maximize=maximize,
+                grad_scale=None,
+                found_inf=None,
+            )
+            return p
+
+        lists = (params, grads, mu, nu) + ((nu_max,) if amsgrad else ())
+        info.foreach(group, *lists)
+        return params, ScaleByAdamState(count, tuple(mu), tuple(nu), tuple(nu_max), state.paths)
+
+    name = (
+        f"scale_by_adam(b1={b1:g}, b2={b2:g}, eps={eps:g}, amsgrad={amsgrad}, maximize={maximize})"
+    )
+    return from_flat(
+        FlatTransform(init, update, name=name, fusion=Kernel(fused, maximize=maximize))
+    )
+
+
+def scale_by_adamw(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    *,
+    amsgrad: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Adam's direction plus decoupled weight decay: ``scale_by_adam(...) + weight_decay * param``.
+
+    Followed by ``scale_by_learning_rate(lr)`` this is AdamW (Loshchilov & Hutter):
+    ``param <- param - lr * (adam_direction + weight_decay * param)``.
+
+    It is ``chain(scale_by_adam(b1, b2, eps, amsgrad=amsgrad, maximize=maximize),
+    add_decayed_weights(weight_decay))``; its state is that chain's.
+
+    Example:
+        >>> tx = chain(clip(1.0), scale_by_adamw(weight_decay=0.05), scale_by_learning_rate(1e-4))
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, maximize=maximize),
+        add_decayed_weights(weight_decay),
+    )

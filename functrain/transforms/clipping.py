@@ -1,0 +1,122 @@
+"""Gradient clipping: by global norm (``clip``) and by value (``clip_by_value``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import foreach as fe
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    from_flat,
+    state_record,
+    stateless_foreach,
+)
+from functrain.transforms.fusion import GradScale
+from functrain.transforms.validation import check_positive
+from functrain.tree import TreeInfo, global_norm
+
+__all__ = ["ClipState", "clip", "clip_by_value"]
+
+
+@state_record
+class ClipState:
+    """State of :func:`clip`.
+
+    Attributes:
+        norm: the global norm of the last gradients *before* clipping, a 0-d tensor on the
+            gradients' device (a logger reads it without forcing a sync each step).
+    """
+
+    norm: Tensor
+
+
+def clip(
+    max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> GradientTransformation:
+    """Scale the updates so that their global norm is at most ``max_norm``.
+
+    The same computation as ``torch.nn.utils.clip_grad_norm_`` (and mmengine's
+    ``clip_grad=dict(max_norm=..., norm_type=...)``): the norm of all leaves viewed as one
+    vector, then ``updates * min(max_norm / (norm + 1e-6), 1)``. The pre-clip norm is kept in
+    :class:`ClipState` as a tensor.
+
+    Args:
+        max_norm: largest allowed global norm, > 0.
+        norm_type: ``p`` of the p-norm, > 0, or ``float("inf")``.
+        error_if_nonfinite: raise ``RuntimeError`` when the norm is nan or inf. This reads
+            the norm on the host, a sync per step, as torch's option does.
+
+    Example:
+        >>> tx = chain(clip(35.0), sgd(lr=0.02, momentum=0.9))
+    """
+    check_positive("max_norm", max_norm)
+    norm_type = float(norm_type)
+    if not (norm_type > 0 or math.isinf(norm_type)) or math.isnan(norm_type):
+        raise ValueError(f"Invalid norm_type: {norm_type!r}; must be > 0 or inf")
+    max_norm = float(max_norm)
+
+    def init(params: list[Tensor], info: TreeInfo) -> ClipState:
+        device = params[0].device if params else torch.device("cpu")
+        return ClipState(torch.zeros((), device=device))
+
+    def coefficient(
+        updates: list[Tensor], state: ClipState, info: TreeInfo
+    ) -> tuple[Tensor, ClipState]:
+        norm = global_norm(updates, norm_type, info)
+        if error_if_nonfinite and bool(torch.logical_or(norm.isnan(), norm.isinf())):
+            raise RuntimeError(
+                f"The total norm of order {norm_type} for gradients is non-finite, so it cannot "
+                "be clipped. To disable this error, use clip(..., error_if_nonfinite=False)"
+            )
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        return coef, ClipState(norm)
+
+    def update(
+        updates: list[Tensor],
+        state: ClipState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ClipState]:
+        if not updates:
+            return updates, state
+        coef, state = coefficient(updates, state, info)
+
+        return info.foreach(lambda us: fe.mul(us, coef, info.donate), updates), state
+
+    return from_flat(
+        FlatTransform(
+            init,
+            update,
+            name=f"clip({max_norm:g}, norm_type={norm_type:g})",
+            fusion=GradScale(coefficient),
+        )
+    )
+
+
+def clip_by_value(clip_value: float) -> GradientTransformation:
+    """Clamp every update element to ``[-clip_value, clip_value]``.
+
+    The same computation as ``torch.nn.utils.clip_grad_value_`` (mmengine's
+    ``clip_grad=dict(type='value', clip_value=...)``).
+
+    Args:
+        clip_value: bound, > 0.
+
+    Example:
+        >>> tx = chain(clip_by_value(1.0), adam(lr=1e-3))
+    """
+    check_positive("clip_value", clip_value)
+    clip_value = float(clip_value)
+
+    def fn(updates: list[Tensor], params: list[Tensor] | None) -> list[Tensor]:
+        return list(
+            torch._foreach_clamp_max(torch._foreach_clamp_min(updates, -clip_value), clip_value)
+        )
+
+    return stateless_foreach(fn, name=f"clip_by_value({clip_value:g})")

@@ -1,0 +1,103 @@
+"""``torch._foreach_*`` arithmetic on lists of tensors, in place or not, autograd-safe.
+
+Each helper takes ``inplace``: in place (the donating path) it writes into its first
+argument and returns it; otherwise it returns new tensors and never touches its inputs. Both
+forms evaluate the same formula with the same kernels, so they give bitwise the same values.
+
+A 0-d tensor scalar is cast to the leaves' dtype first (see ``_scalar_arg``). Two details make the pure form differentiable (``torch.func.grad`` through several steps):
+it never writes into a tensor autograd has saved (``sqrt``'s output, say), and a 0-d tensor
+scalar that may carry a gradient is passed as a list (torch's ``TensorList x Tensor``
+overloads have no working backward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+Scalar = float | Tensor
+
+
+def tracing_grad() -> bool:
+    """Whether autograd may need to see these ops (grad mode with a functorch transform)."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _scalar_arg(xs: Sequence[Tensor], y: Scalar) -> Scalar | list[Tensor]:
+    if isinstance(y, Tensor):
+        # In the leaves' dtype: for 0-d leaves torch's in-place and out-of-place kernels
+        # round a wider scalar differently, and the two paths must agree bitwise.
+        y = y.to(device=xs[0].device, dtype=xs[0].dtype)
+        if y.requires_grad or tracing_grad():
+            return [y] * len(xs)
+    return y
+
+
+def mul(xs: list[Tensor], y: Scalar, inplace: bool) -> list[Tensor]:
+    """``xs * y`` for a float or 0-d tensor ``y``."""
+    y = _scalar_arg(xs, y)
+    if inplace:
+        torch._foreach_mul_(xs, y)
+        return xs
+    return list(torch._foreach_mul(xs, y))
+
+
+def div(xs: list[Tensor], y: Scalar | list[Tensor], inplace: bool) -> list[Tensor]:
+    """``xs / y`` for a float, 0-d tensor or list ``y``."""
+    if not isinstance(y, list):
+        y = _scalar_arg(xs, y)
+    if inplace:
+        torch._foreach_div_(xs, y)
+        return xs
+    return list(torch._foreach_div(xs, y))
+
+
+def add(
+    xs: list[Tensor], ys: list[Tensor] | float, inplace: bool, alpha: float = 1.0
+) -> list[Tensor]:
+    """``xs + alpha * ys`` (``ys`` a list), or ``xs + ys`` for a float ``ys``."""
+    if isinstance(ys, list):
+        if inplace:
+            torch._foreach_add_(xs, ys, alpha=alpha)
+            return xs
+        return list(torch._foreach_add(xs, ys, alpha=alpha))
+    if inplace:
+        torch._foreach_add_(xs, ys)
+        return xs
+    return list(torch._foreach_add(xs, ys))
+
+
+def lerp(xs: list[Tensor], ys: list[Tensor], weight: float, inplace: bool) -> list[Tensor]:
+    """``xs + weight * (ys - xs)``."""
+    if inplace:
+        torch._foreach_lerp_(xs, ys, weight)
+        return xs
+    return list(torch._foreach_lerp(xs, ys, weight))
+
+
+def addcmul(
+    xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: float, inplace: bool
+) -> list[Tensor]:
+    """``xs + value * a * b``."""
+    if inplace:
+        torch._foreach_addcmul_(xs, a, b, value)
+        return xs
+    return list(torch._foreach_addcmul(xs, a, b, value))
+
+
+def maximum(xs: list[Tensor], ys: list[Tensor], inplace: bool) -> list[Tensor]:
+    """Elementwise ``max(xs, ys)``."""
+    if inplace:
+        torch._foreach_maximum_(xs, ys)
+        return xs
+    return list(torch._foreach_maximum(xs, ys))
+
+
+def sqrt(xs: list[Tensor]) -> list[Tensor]:
+    return list(torch._foreach_sqrt(xs))
+
+
+def neg(xs: list[Tensor]) -> list[Tensor]:
+    return list(torch._foreach_neg(xs))

@@ -1,0 +1,198 @@
+"""``apply_gradients``: one optimizer step, through torch's fused kernels when the chain allows.
+
+A chain such as ``chain(clip(35), add_decayed_weights(1e-4), trace(0.9),
+scale_by_learning_rate(0.02))`` is, algebraically, one call of ``torch._fused_sgd_`` after a
+clip. :func:`apply_gradients` finds the last member with a fused kernel (see
+:mod:`functrain.transforms.fusion`), folds the weight decay next to it and the scalings after
+it into the kernel's ``weight_decay`` and ``lr``, runs every member before it as usual (the
+clip), and lets the kernel write the new parameters. The result equals ``update`` followed by
+``apply_updates`` up to rounding (the kernel evaluates the same formula in a different order;
+it is the kernel torch.optim's ``fused=True`` uses, so it is bitwise torch's own result).
+
+It falls back to ``update`` + ``apply_updates`` when the chain has no such form, when autograd
+must see the step (a tensor requires grad, or inside ``torch.func`` transforms), or when a
+leaf's device or dtype has no fused kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor
+
+from functrain.transforms.base import FlatTransform, GradientTransformation, add_updates, as_flat
+from functrain.transforms.fusion import Decay, Kernel, Scalar
+from functrain.tree import PyTree, TreeInfo, flatten, flatten_like
+
+__all__ = ["apply_gradients", "fusion_plan"]
+
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FUSED_DEVICES = ("cpu", "cuda")
+
+Path = tuple[int, ...]
+Member = tuple[Path, FlatTransform]
+
+
+@attrs.frozen
+class FusionPlan:
+    """How a chain maps onto one fused kernel call.
+
+    Attributes:
+        prefix: members run as usual before the kernel (a clip, a maximize negation, ...).
+        kernel: the member whose fused kernel does the step.
+        decay: the weight-decay member folded into the kernel, if any.
+        decoupled: whether that decay comes after the kernel's direction (AdamW) or before
+            it (L2, as torch's SGD and Adam apply ``weight_decay``).
+        scalars: members after the kernel whose product is ``-lr``.
+    """
+
+    prefix: tuple[Member, ...]
+    kernel: Member
+    decay: Member | None
+    decoupled: bool
+    scalars: tuple[Member, ...]
+
+
+def _members(flat: FlatTransform, path: Path = ()) -> Iterator[Member]:
+    if flat.parts:
+        for i, part in enumerate(flat.parts):
+            yield from _members(part, path + (i,))
+    else:
+        yield path, flat
+
+
+def fusion_plan(tx: GradientTransformation) -> FusionPlan | None:
+    """The :class:`FusionPlan` of ``tx``, or ``None`` when it has no fused form."""
+    members = list(_members(as_flat(tx)))
+    kernels = [i for i, (_, m) in enumerate(members) if isinstance(m.fusion, Kernel)]
+    if not kernels:
+        return None
+    k = kernels[-1]
+    kernel: Kernel = members[k][1].fusion
+    suffix = members[k + 1 :]
+    decay: Member | None = None
+    decoupled = False
+    if suffix and isinstance(suffix[0][1].fusion, Decay):
+        if not kernel.decoupled_decay:
+            return None
+        decay, decoupled, suffix = suffix[0], True, suffix[1:]
+    if not all(isinstance(m.fusion, Scalar) for _, m in suffix):
+        return None
+    prefix = members[:k]
+    if (
+        decay is None
+        and prefix
+        and isinstance(prefix[-1][1].fusion, Decay)
+        and kernel.coupled_decay
+    ):
+        decay, prefix = prefix[-1], prefix[:-1]
+    return FusionPlan(tuple(prefix), members[k], decay, decoupled, tuple(suffix))
+
+
+def _get(state: Any, path: Path) -> Any:
+    for i in path:
+        state = state[i]
+    return state
+
+
+def _set(state: Any, path: Path, value: Any) -> Any:
+    if not path:
+        return value
+    i = path[0]
+    return state[:i] + (_set(state[i], path[1:], value),) + state[i + 1 :]
+
+
+def _fusable(params: list[Tensor], grads: list[Tensor], info: TreeInfo) -> str | None:
+    """Why the fused kernels cannot run on these tensors, or ``None`` when they can."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "inside a torch.func transform"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in params + grads):
+        return "a tensor requires grad (autograd must see the step)"
+    for idx in info.groups:
+        leaf = params[idx[0]]
+        if leaf.device.type not in _FUSED_DEVICES or leaf.dtype not in _FUSED_DTYPES:
+            return f"no fused kernel for {leaf.dtype} on {leaf.device.type}"
+    for p, g in zip(params, grads, strict=True):
+        if g.dtype != p.dtype or g.device != p.device:
+            return "a gradient's dtype or device differs from its parameter's"
+    return None
+
+
+def _run_fused(
+    plan: FusionPlan,
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: Any,
+    info: TreeInfo,
+    extra: dict[str, Any],
+) -> tuple[list[Tensor], Any]:
+    for path, member in plan.prefix:
+        grads, s = member.update(grads, _get(state, path), params, info, **extra)
+        state = _set(state, path, s)
+    product: float | Tensor = 1.0
+    for path, member in plan.scalars:
+        value, s = member.fusion.compute(_get(state, path), info)
+        state = _set(state, path, s)
+        product = product * value
+    weight_decay = plan.decay[1].fusion.weight_decay if plan.decay else 0.0
+    path, member = plan.kernel
+    params, s = member.fusion.apply(
+        params,
+        grads,
+        _get(state, path),
+        info,
+        lr=-product,
+        weight_decay=weight_decay,
+        decoupled=plan.decoupled,
+    )
+    return params, _set(state, path, s)
+
+
+def apply_gradients(
+    tx: GradientTransformation,
+    params: PyTree,
+    grads: PyTree,
+    state: Any,
+    *,
+    donate: bool = False,
+    fused: bool | None = None,
+    **extra: Any,
+) -> tuple[PyTree, Any]:
+    """One optimizer step: ``params + tx.update(grads, state, params)``.
+
+    Args:
+        tx: the transform (usually a chain ending in a learning rate).
+        params: parameter tree.
+        grads: gradient tree with the same structure.
+        state: ``tx``'s state.
+        donate: the caller gives up ``params``, ``grads`` and ``state``: the step may write
+            into their buffers instead of allocating new ones (what a training loop wants).
+            Results are bitwise identical either way.
+        fused: ``None`` chooses automatically; ``True`` requires the fused kernels (a
+            ``ValueError`` says why they cannot run); ``False`` forces ``update`` +
+            ``apply_updates``.
+        **extra: passed to every transform's ``update``.
+
+    Returns:
+        ``(new_params, new_state)``.
+
+    Example:
+        >>> tx = chain(clip(1.0), adamw(lr=1e-3))
+        >>> state = tx.init(params)  # doctest: +SKIP
+        >>> params, state = apply_gradients(tx, params, grads, state, donate=True)  # doctest: +SKIP
+    """
+    p_leaves, info = flatten(params, donate=donate)
+    g_leaves = flatten_like(grads, info, what="grads")
+    plan = fusion_plan(tx) if fused is not False else None
+    reason = "the chain has no fused form" if plan is None else _fusable(p_leaves, g_leaves, info)
+    if fused and reason is not None:
+        raise ValueError(f"apply_gradients(fused=True) cannot fuse this step: {reason}")
+    if reason is None:
+        new_params, state = _run_fused(plan, p_leaves, g_leaves, state, info, extra)
+    else:
+        updates, state = as_flat(tx).update(g_leaves, state, p_leaves, info, **extra)
+        new_params = add_updates(p_leaves, updates, info)
+    return info.unflatten(new_params), state
