@@ -120,14 +120,14 @@ def scale_by_adam(
             vm = fe.maximum(vmax[0], v, donate) if amsgrad else []
             denom = fe.add(fe.div(fe.sqrt(vm if amsgrad else v), bc2_sqrt, donate), eps, donate)
             direction = fe.div(fe.div(m, denom, False), bc1, donate)
-            return direction, m, v, vm
+            return (direction, m, v, vm) if amsgrad else (direction, m, v)
 
         lists = (updates, list(state.mu), list(state.nu)) + (
             (list(state.nu_max),) if amsgrad else ()
         )
-        direction, mu, nu, nu_max = info.foreach(group, *lists)
+        direction, mu, nu, *nu_max = info.foreach(group, *lists)
         return direction, ScaleByAdamState(
-            count, tuple(mu), tuple(nu), tuple(nu_max) if amsgrad else (), state.paths
+            count, tuple(mu), tuple(nu), tuple(nu_max[0]) if amsgrad else (), state.paths
         )
 
     def fused(

@@ -148,12 +148,12 @@ def add_decayed_weights(weight_decay: float = 0.0) -> GradientTransformation:
     weight_decay = float(weight_decay)
 
     def fn(updates: list[Tensor], params: list[Tensor] | None) -> list[Tensor]:
+        if weight_decay == 0.0:
+            return updates
         if params is None:
             raise ValueError(
                 "add_decayed_weights needs the parameters: call update(updates, state, params)"
             )
-        if weight_decay == 0.0:
-            return updates
         return fe.add(updates, params, False, alpha=weight_decay)
 
     return stateless_foreach(
