@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -21,3 +23,15 @@ def test_quick_start_code_runs():
     state = namespace["state"]
     assert float(state[0].norm) > 0
     assert 0 < float(state[2].lr) <= 3e-3
+
+
+def test_schedules_code_runs():
+    code = re.search(r"## Schedules\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    lr = namespace["lr"]
+    # LinearLR warm-up from 0.02 * 0.001, then MultiStepLR at epochs 8 and 11.
+    assert lr(0) == pytest.approx(0.02 * 0.001)
+    assert lr(600) == pytest.approx(0.02)
+    assert lr(8 * 1000) == pytest.approx(0.002)
+    assert lr(11 * 1000) == pytest.approx(0.0002)

@@ -477,8 +477,8 @@ def lambda_lr(
 ) -> Schedule:
     """torch's LambdaLR: ``base * fn(k)`` at local step ``k``.
 
-    ``fn`` must accept Python ints and int64 tensors (elementwise), e.g.
-    ``lambda k: 0.95 ** k``.
+    ``fn`` must accept Python ints and float64 tensors of whole numbers (elementwise),
+    e.g. ``lambda k: 0.95 ** k``.
 
     Args:
         base: initial value (omit inside :func:`schedule_list`).
@@ -555,8 +555,8 @@ def warmup_cosine(
 
     Example:
         >>> s = warmup_cosine(0.1, warmup_steps=10, total_steps=110, eta_min=0.001)
-        >>> round(s(0), 8), s(9), round(s(109), 8)
-        (0.0001, 0.1, 0.00100002)
+        >>> round(s(0), 8), round(s(9), 8), round(s(109), 6)
+        (0.0001, 0.1, 0.001024)
     """
     if total_steps <= warmup_steps:
         raise ValueError(

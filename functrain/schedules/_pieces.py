@@ -105,6 +105,13 @@ def _c(x: torch.Tensor | float, period: float) -> torch.Tensor | float:
     return 1 + math.cos(math.pi * x / period)
 
 
+def _pow(base: float, exponent: int) -> float:
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
+
+
 def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
@@ -132,8 +139,6 @@ class Piece:
     end: int = INF
     by_epoch: bool = False
 
-    #: mmengine's scheduler name without its ``LR`` / ``Momentum`` suffix.
-    mmengine_name: ClassVar[str] = ""
     #: fields whose values are scaled by the epoch length in ``to_iter_based``.
     _iter_scaled: ClassVar[tuple[str, ...]] = ()
 
@@ -156,7 +161,12 @@ class Piece:
 
     def __repr__(self) -> str:
         parts = []
-        for field in attrs.fields(type(self)):
+        fields = attrs.fields(type(self))
+        window = ("begin", "end", "by_epoch")
+        ordered = [f for f in fields if f.name not in window] + [
+            f for f in fields if f.name in window
+        ]
+        for field in ordered:
             value = getattr(self, field.name)
             if field.default is not attrs.NOTHING and _same(value, field.default):
                 continue
@@ -296,7 +306,6 @@ class Constant(Piece):
     """
 
     factor: float = 1.0 / 3
-    mmengine_name: ClassVar[str] = "Constant"
 
     def _validate(self, name: str) -> None:
         if isinstance(self.factor, numbers.Real) and not isinstance(self.factor, bool):
@@ -325,7 +334,7 @@ class Constant(Piece):
 
     def _ratio(self, k0: int, k: torch.Tensor) -> torch.Tensor:
         f0 = self._cumulative(k0)
-        before = torch.where(k < 0, 1.0, self.factor)
+        before = torch.where(k < 0, 1.0, torch.full_like(k, self.factor, dtype=_F64))
         cum = before if self.n == 0 else torch.where(k >= self.n, self._cumulative(self.n), before)
         return cum / f0
 
@@ -356,7 +365,6 @@ class Linear(Piece):
 
     start_factor: float = 1.0 / 3
     end_factor: float = 1.0
-    mmengine_name: ClassVar[str] = "Linear"
 
     def _validate(self, name: str) -> None:
         if isinstance(self.start_factor, numbers.Real) and self.start_factor == 0:
@@ -392,7 +400,7 @@ class Linear(Piece):
             return torch.ones_like(k, dtype=_F64)
         kf = k.to(_F64)
         if self.n == 0:
-            cum = torch.where(k < 0, 1.0, self.start_factor)
+            cum = torch.where(k < 0, 1.0, torch.full_like(k, self.start_factor, dtype=_F64))
         else:
             d = self.end_factor - self.start_factor
             cum = torch.where(k < 0, 1.0, self.start_factor + d * kf / self.n)
@@ -423,7 +431,6 @@ class Step(Piece):
 
     step_size: int = attrs.field(default=None)
     gamma: float = 0.1
-    mmengine_name: ClassVar[str] = "Step"
     _iter_scaled: ClassVar[tuple[str, ...]] = ("step_size",)
 
     def _validate(self, name: str) -> None:
@@ -448,7 +455,7 @@ class Step(Piece):
         return torch.pow(self.gamma, (q - q0).to(_F64))
 
     def _factor_range(self) -> tuple[float, float]:
-        last = self.gamma ** (self.n // self.step_size)
+        last = _pow(self.gamma, self.n // self.step_size)
         return (min(1.0, last), max(1.0, last))
 
     def _identity_at_start(self) -> bool:
@@ -478,7 +485,6 @@ class MultiStep(Piece):
 
     milestones: tuple[int, ...] = attrs.field(default=None)
     gamma: float = 0.1
-    mmengine_name: ClassVar[str] = "MultiStep"
     _iter_scaled: ClassVar[tuple[str, ...]] = ("milestones",)
 
     def _validate(self, name: str) -> None:
@@ -517,7 +523,7 @@ class MultiStep(Piece):
         return torch.pow(self.gamma, (count - self._count(k0)).to(_F64))
 
     def _factor_range(self) -> tuple[float, float]:
-        last = self.gamma ** self._count(self.n)
+        last = _pow(self.gamma, self._count(self.n))
         return (min(1.0, last), max(1.0, last))
 
     def _identity_at_start(self) -> bool:
@@ -542,7 +548,6 @@ class Exponential(Piece):
     """
 
     gamma: float = attrs.field(default=None)
-    mmengine_name: ClassVar[str] = "Exponential"
 
     def _validate(self, name: str) -> None:
         if self.gamma is None:
@@ -561,7 +566,7 @@ class Exponential(Piece):
         return torch.pow(self.gamma, (k.clamp(min=0) - _local_clamped(k0)).to(_F64))
 
     def _factor_range(self) -> tuple[float, float]:
-        last = self.gamma**self.n
+        last = _pow(self.gamma, self.n)
         return (min(1.0, last), max(1.0, last))
 
     def _identity_at_start(self) -> bool:
@@ -589,7 +594,6 @@ class Multiplicative(Piece):
     """
 
     fn: Callable[[int], float] = attrs.field(default=None)
-    mmengine_name: ClassVar[str] = ""
 
     def _validate(self, name: str) -> None:
         if not callable(self.fn):
@@ -643,7 +647,6 @@ class CosineAnnealing(Piece):
     T_max: int | None = None
     eta_min: float | None = None
     eta_min_ratio: float | None = None
-    mmengine_name: ClassVar[str] = "CosineAnnealing"
     _iter_scaled: ClassVar[tuple[str, ...]] = ("T_max",)
 
     def _validate(self, name: str) -> None:
@@ -712,12 +715,15 @@ class CosineAnnealing(Piece):
         plain = u0 * ck / c0 if c0 != 0 else torch.zeros_like(kf)
         # First restart (additive step) after k0, and the last one at or before k.
         first = t + 1 if k0c < t + 1 else t + 1 + 2 * t * ((k0c - t - 1) // (2 * t) + 1)
+        if first > self.n:  # the usual case: the window ends before the curve turns back up
+            return torch.where(k <= k0c, v0, plain + eta)
         last = t + 1 + 2 * t * torch.div(k - t - 1, 2 * t, rounding_mode="floor")
         d = (base - eta) * (1 - math.cos(math.pi / t)) / 2
         # The value just before a restart is eta exactly (1 + cos(pi) == 0), unless the
         # restart comes right after k0; a second restart forgets u0 for the same reason.
         keep = (last == first) & (first == k0c + 1)
-        restarted = (torch.where(keep, u0, 0.0) + d) * ck / _c(last.to(_F64), t)
+        kept = torch.where(keep, u0, torch.zeros_like(kf))
+        restarted = (kept + d) * ck / _c(last.to(_F64), t)
         u = torch.where(k >= first, restarted, plain)
         return torch.where(k <= k0c, v0, u + eta)
 
@@ -754,7 +760,6 @@ class Poly(Piece):
 
     eta_min: float = 0.0
     power: float = 1.0
-    mmengine_name: ClassVar[str] = "Poly"
 
     def _validate(self, name: str) -> None:
         object.__setattr__(self, "eta_min", _float_arg(name, "eta_min", self.eta_min))
@@ -777,7 +782,10 @@ class Poly(Piece):
         return torch.where(k <= k0c, 1.0, r)
 
     def _continue(self, k0: int, v0: float, base: float, k: torch.Tensor) -> torch.Tensor:
-        return self.eta_min + (v0 - self.eta_min) * self._ratio(k0, k)
+        # The first step is the identity in mmengine; keep v0 exact instead of
+        # eta_min + (v0 - eta_min), which loses bits when v0 << eta_min.
+        out = self.eta_min + (v0 - self.eta_min) * self._ratio(k0, k)
+        return torch.where(k <= _local_clamped(k0), v0, out)
 
     def _factor_range(self) -> tuple[float, float]:
         return (0.0, 1.0)
@@ -817,7 +825,6 @@ class CosineRestart(Piece):
     restart_weights: tuple[float, ...] = (1.0,)
     eta_min: float | None = None
     eta_min_ratio: float | None = None
-    mmengine_name: ClassVar[str] = "CosineRestart"
     _iter_scaled: ClassVar[tuple[str, ...]] = ("periods",)
 
     def _validate(self, name: str) -> None:
@@ -944,7 +951,6 @@ class OneCycle(Piece):
     div_factor: float = 25.0
     final_div_factor: float = 1e4
     three_phase: bool = False
-    mmengine_name: ClassVar[str] = "OneCycle"
     _iter_scaled: ClassVar[tuple[str, ...]] = ("total_steps",)
 
     def _validate(self, name: str) -> None:
@@ -1059,7 +1065,6 @@ class Cyclic(Piece):
     step_size_down: int | None = None
     mode: str = "triangular"
     gamma: float = 1.0
-    mmengine_name: ClassVar[str] = ""
     _iter_scaled: ClassVar[tuple[str, ...]] = ("step_size_up", "step_size_down")
 
     def _validate(self, name: str) -> None:
@@ -1115,8 +1120,9 @@ class Cyclic(Piece):
 class Lambda(Piece):
     """Set the value to ``base * fn(k)`` at local step ``k`` (torch LambdaLR).
 
-    ``fn`` must work on Python ints *and* elementwise on int64 tensors (for example
-    ``lambda k: 0.95 ** k``), because the schedule evaluates it on whole step tensors.
+    ``fn`` must work on Python ints *and* elementwise on float64 tensors holding whole
+    numbers (for example ``lambda k: 0.95 ** k``), because the schedule evaluates it on
+    whole step tensors.
 
     Args:
         fn: local step -> multiplier of the base value.
@@ -1129,7 +1135,6 @@ class Lambda(Piece):
     """
 
     fn: Callable[[Any], Any] = attrs.field(default=None)
-    mmengine_name: ClassVar[str] = ""
 
     def _validate(self, name: str) -> None:
         if not callable(self.fn):
@@ -1139,7 +1144,8 @@ class Lambda(Piece):
         return base * float(self.fn(k))
 
     def _continue(self, k0: int, v0: float, base: float, k: torch.Tensor) -> torch.Tensor:
-        out = self.fn(k.clamp(min=0))
+        # float64 steps, so that e.g. ``0.95 ** k`` is not computed in float32.
+        out = self.fn(k.clamp(min=0).to(_F64))
         if not isinstance(out, torch.Tensor):
             out = torch.full_like(k, float(out), dtype=_F64)
         return torch.where(k <= k0, v0, base * out.to(_F64))

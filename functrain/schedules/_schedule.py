@@ -110,7 +110,20 @@ class Schedule:
     def __call__(self, step: torch.Tensor) -> torch.Tensor: ...
 
     def __call__(self, step: int | torch.Tensor) -> float | torch.Tensor:
-        """Evaluate the schedule; see the class docstring for the accepted step forms."""
+        """Evaluate the schedule; see the class docstring for the accepted step forms.
+
+        Args:
+            step: a Python int, a 0-d integer tensor or a 1-d integer tensor of steps.
+
+        Returns:
+            A float for an int; a float64 tensor of the step's shape and device otherwise.
+
+        Example:
+            >>> from functrain.schedules import exponential_lr
+            >>> s = exponential_lr(1.0, gamma=0.5)
+            >>> s(2), s(torch.tensor(2)), s(torch.arange(3))
+            (0.25, tensor(0.2500, dtype=torch.float64), tensor([1.0000, 0.5000, 0.2500], dtype=torch.float64))
+        """
         program = self._program
         if isinstance(step, torch.Tensor):
             if step.dtype.is_floating_point or step.dtype.is_complex or step.dtype == torch.bool:
@@ -415,7 +428,9 @@ class _Program:
         piece = self.pieces[i]
         scale = self.events[i][2]
         g = t if scale == 1 else torch.div(t, scale, rounding_mode="floor")
-        return (g.clamp(max=piece.end - 1) - piece.begin).clamp(min=-1)
+        if piece.begin:
+            g = g - piece.begin
+        return g.clamp(-1, piece.end - 1 - piece.begin)
 
     def _table_on(self, device: torch.device) -> torch.Tensor:
         table = self._tables.get(device)
@@ -440,7 +455,9 @@ class _Program:
     def evaluate(self, t: torch.Tensor) -> torch.Tensor:
         h = self.horizon
         if h == 0:
-            return self._tail(t.clamp(min=0))
+            # Negative steps need no clamp here: local steps below a window read as "not
+            # started", which is the value before any update.
+            return self._tail(t)
         looked_up = torch.take(self._table_on(t.device), t.clamp(0, h - 1))
         if not self.tail:
             return looked_up
