@@ -37,15 +37,21 @@ import functrain as ft  # noqa: E402
 LR, WD, MAX_NORM = 1e-3, 1e-2, 1.0
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_ms(
+    rows: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median wall time of each row, measured round-robin so that drifting machine load
+    falls on every row alike."""
+    for fn in rows.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {label: [] for label in rows}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for label, fn in rows.items():
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(ts) * 1e3 for label, ts in times.items()}
 
 
 def torch_step(shapes, **opt_kwargs) -> Callable[[], None]:
@@ -124,7 +130,7 @@ def run(name: str, shapes, repeats: int) -> None:
         "torch for-loop": torch_step(shapes, foreach=False),
         **functrain_steps(shapes),
     }
-    results = {label: median_ms(fn, repeats) for label, fn in rows.items()}
+    results = median_ms(rows, repeats)
     base = results["torch fused (baseline)"]
     print(f"  {'configuration':36s} {'median ms':>10s} {'vs torch fused':>15s}")
     for label, ms in results.items():

@@ -4,7 +4,8 @@ Four functrain paths are run side by side on a mixed-shape tree (0-d, 1-d, 2-d, 
 pure ``update`` + ``apply_updates``; the same donating (in place); ``apply_gradients`` through
 torch's fused kernels, pure and donating. The reference is torch.optim's default
 (single-tensor) implementation after ``clip_grad_norm_``; the fused paths are also compared
-with torch.optim's ``fused=True``, which runs the same kernel.
+with torch.optim's ``fused=True``, which runs the same kernel: bitwise without a clip (or in
+float64, where the clip is not folded into the kernel).
 """
 
 from __future__ import annotations
@@ -103,7 +104,11 @@ def check_all(tx, torch_opt, torch_fused_opt, clip, seed, dtype, update_rtol=Non
     assert_rel(runs["pure"], reference, params, update_rtol or rtol, "pure path vs torch.optim")
     assert_rel(runs["fused-pure"], reference, params, rtol, "fused path vs torch.optim")
     fused_reference = torch_run(torch_fused_opt, params, grads_seq, clip)
-    assert_bitwise(runs["fused-pure"], fused_reference, "fused path vs torch.optim(fused=True)")
+    if clip is None or dtype == torch.float64:
+        assert_bitwise(runs["fused-pure"], fused_reference, "fused path vs torch.optim(fused=True)")
+    else:
+        # The clip is folded into the kernel's grad_scale: g / (1 / c) instead of g * c.
+        assert_rel(runs["fused-pure"], fused_reference, params, rtol, "fused path vs fused torch")
 
 
 clips = st.one_of(

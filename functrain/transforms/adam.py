@@ -139,6 +139,7 @@ def scale_by_adam(
         lr: float | Tensor,
         weight_decay: float,
         decoupled: bool,
+        grad_scale: Tensor | None = None,
     ) -> tuple[list[Tensor], ScaleByAdamState]:
         check_state_paths("scale_by_adam", state.paths, info)
         donate = info.donate
@@ -168,7 +169,7 @@ def scale_by_adam(
                 eps=eps,
                 amsgrad=amsgrad,
                 maximize=maximize,
-                grad_scale=None,
+                grad_scale=None if grad_scale is None else grad_scale.to(p[0].device),
                 found_inf=None,
             )
             return p

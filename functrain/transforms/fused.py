@@ -1,13 +1,17 @@
 """``apply_gradients``: one optimizer step, through torch's fused kernels when the chain allows.
 
 A chain such as ``chain(clip(35), add_decayed_weights(1e-4), trace(0.9),
-scale_by_learning_rate(0.02))`` is, algebraically, one call of ``torch._fused_sgd_`` after a
-clip. :func:`apply_gradients` finds the last member with a fused kernel (see
+scale_by_learning_rate(0.02))`` is, algebraically, one call of ``torch._fused_sgd_``.
+:func:`apply_gradients` finds the last member with a fused kernel (see
 :mod:`functrain.transforms.fusion`), folds the weight decay next to it and the scalings after
-it into the kernel's ``weight_decay`` and ``lr``, runs every member before it as usual (the
-clip), and lets the kernel write the new parameters. The result equals ``update`` followed by
-``apply_updates`` up to rounding (the kernel evaluates the same formula in a different order;
-it is the kernel torch.optim's ``fused=True`` uses, so it is bitwise torch's own result).
+it into the kernel's ``weight_decay`` and ``lr`` and a global-norm clip before it into the
+kernel's ``grad_scale``, runs any other member before it as usual, and lets the kernel write
+the new parameters. It is the kernel torch.optim's ``fused=True`` uses: without a clip the
+result is bitwise torch's; with one, the kernel divides by ``1 / coefficient`` where
+``clip_grad_norm_`` multiplies by ``coefficient``, which differs by at most an ulp in the
+clipped gradient (and not at all when the clip does not engage). That saves a full read and
+write of the gradients, about a fifth of a large model's step. The result equals ``update``
+followed by ``apply_updates`` up to rounding.
 
 It falls back to ``update`` + ``apply_updates`` when the chain has no such form, when autograd
 must see the step (a tensor requires grad, or inside ``torch.func`` transforms), or when a
@@ -24,8 +28,8 @@ import torch
 from torch import Tensor
 
 from functrain.transforms.base import FlatTransform, GradientTransformation, add_updates, as_flat
-from functrain.transforms.fusion import Decay, Kernel, Scalar
-from functrain.tree import PyTree, TreeInfo, flatten, flatten_like
+from functrain.transforms.fusion import Decay, GradScale, Kernel, Scalar
+from functrain.tree import PyTree, TreeInfo, flatten, flatten_like, foreach_clone
 
 __all__ = ["apply_gradients", "fusion_plan"]
 
@@ -41,7 +45,11 @@ class FusionPlan:
     """How a chain maps onto one fused kernel call.
 
     Attributes:
-        prefix: members run as usual before the kernel (a clip, a maximize negation, ...).
+        prefix: members run as usual before the kernel (a maximize negation, ...).
+        clip: a global-norm clip right before the kernel (and its coupled decay), folded
+            into the kernel as ``grad_scale = 1 / coefficient``: the kernel reads each
+            gradient once instead of the clip reading and writing it first. ``None`` when
+            there is none.
         kernel: the member whose fused kernel does the step.
         decay: the weight-decay member folded into the kernel, if any.
         decoupled: whether that decay comes after the kernel's direction (AdamW) or before
@@ -50,6 +58,7 @@ class FusionPlan:
     """
 
     prefix: tuple[Member, ...]
+    clip: Member | None
     kernel: Member
     decay: Member | None
     decoupled: bool
@@ -89,7 +98,10 @@ def fusion_plan(tx: GradientTransformation) -> FusionPlan | None:
         and kernel.coupled_decay
     ):
         decay, prefix = prefix[-1], prefix[:-1]
-    return FusionPlan(tuple(prefix), members[k], decay, decoupled, tuple(suffix))
+    clip = None
+    if prefix and isinstance(prefix[-1][1].fusion, GradScale):
+        clip, prefix = prefix[-1], prefix[:-1]
+    return FusionPlan(tuple(prefix), clip, members[k], decay, decoupled, tuple(suffix))
 
 
 def _get(state: Any, path: Path) -> Any:
@@ -132,6 +144,18 @@ def _run_fused(
     for path, member in plan.prefix:
         grads, s = member.update(grads, _get(state, path), params, info, **extra)
         state = _set(state, path, s)
+    grad_scale = None
+    if plan.clip is not None:
+        path, member = plan.clip
+        # torch's kernels take grad_scale in float32 only; float64 trees clip exactly first.
+        if any(params[idx[0]].dtype == torch.float64 for idx in info.groups):
+            grads, s = member.update(grads, _get(state, path), params, info, **extra)
+        else:
+            coef, s = member.fusion.compute(grads, _get(state, path), info)
+            grad_scale = torch.reciprocal(coef).to(torch.float32)
+            if not info.donate:
+                grads = foreach_clone(grads)  # the kernel writes the unscaled gradients back
+        state = _set(state, path, s)
     product: float | Tensor = 1.0
     for path, member in plan.scalars:
         value, s = member.fusion.compute(_get(state, path), info)
@@ -147,6 +171,7 @@ def _run_fused(
         lr=-product,
         weight_decay=weight_decay,
         decoupled=plan.decoupled,
+        grad_scale=grad_scale,
     )
     return params, _set(state, path, s)
 

@@ -53,8 +53,9 @@ class Decay:
 class Kernel:
     """An optimizer core with a torch fused kernel.
 
-    ``apply(params, grads, state, info, *, lr, weight_decay, decoupled, grad_scale, maximize)
-    -> (new_params, new_state)`` performs ``params <- params - lr * direction`` for one step,
+    ``apply(params, grads, state, info, *, lr, weight_decay, decoupled, grad_scale)
+    -> (new_params, new_state)`` performs ``params <- params - lr * direction(grads /
+    grad_scale)`` for one step (the kernel may write the unscaled gradients into ``grads``),
     writing in place into ``params`` and the state buffers when ``info.donate`` and into
     fresh copies otherwise.
     """

@@ -102,6 +102,7 @@ def trace(
         lr: float | Tensor,
         weight_decay: float,
         decoupled: bool,
+        grad_scale: Tensor | None = None,
     ) -> tuple[list[Tensor], TraceState]:
         check_state_paths("trace", state.paths, info)
         first = state.momentum_buffer is None
@@ -128,7 +129,7 @@ def trace(
                 nesterov=nesterov,
                 maximize=False,
                 is_first_step=first,
-                grad_scale=None,
+                grad_scale=None if grad_scale is None else grad_scale.to(p[0].device),
                 found_inf=None,
             )
             return p
