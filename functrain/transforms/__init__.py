@@ -19,6 +19,7 @@ from functrain.transforms.clipping import ClipState, clip, clip_by_value
 from functrain.transforms.fused import apply_gradients, fusion_plan
 from functrain.transforms.momentum import TraceState, trace
 from functrain.transforms.scaling import (
+    DecayState,
     LearningRateState,
     add_decayed_weights,
     scale,
@@ -27,6 +28,7 @@ from functrain.transforms.scaling import (
 
 __all__ = [
     "ClipState",
+    "DecayState",
     "EmptyState",
     "FlatTransform",
     "GradientTransformation",

@@ -17,8 +17,9 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.fusion import Kernel
+from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.scaling import add_decayed_weights
-from functrain.transforms.validation import check_betas, check_nonnegative
+from functrain.transforms.validation import check_betas, check_nonnegative, is_schedule
 from functrain.tree import TreeInfo, describe_mismatch, foreach_clone
 
 __all__ = ["ScaleByAdamState", "check_state_paths", "scale_by_adam", "scale_by_adamw"]
@@ -30,6 +31,7 @@ class ScaleByAdamState:
 
     Attributes:
         count: number of steps taken, a 0-d float32 tensor (torch.optim's ``step``).
+        b1: the first-moment decay in force (torch's ``betas[0]``), a 0-d float64 tensor.
         mu: first moments, one tensor per leaf (torch's ``exp_avg``).
         nu: second moments, one per leaf (``exp_avg_sq``).
         nu_max: running maximum of ``nu`` with ``amsgrad`` (``max_exp_avg_sq``), else empty.
@@ -37,6 +39,7 @@ class ScaleByAdamState:
     """
 
     count: Tensor
+    b1: Tensor
     mu: tuple[Tensor, ...]
     nu: tuple[Tensor, ...]
     nu_max: tuple[Tensor, ...]
@@ -54,7 +57,7 @@ def check_state_paths(name: str, state_paths: tuple[str, ...], info: TreeInfo) -
 
 
 def scale_by_adam(
-    b1: float = 0.9,
+    b1: float | Schedule = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     *,
@@ -69,7 +72,10 @@ def scale_by_adam(
 
     Args:
         b1, b2: decay rates of the first and second moments, each in [0, 1)
-            (torch's ``betas``).
+            (torch's ``betas``). ``b1`` may be a schedule of the step (mmengine's momentum
+            schedulers drive it); it is then evaluated each step, and the bias correction
+            uses the current value, ``1 - b1_t ** t``, as torch does when a scheduler
+            changes ``betas``. A scheduled ``b1`` runs on the foreach path, not fused.
         eps: added to the denominator, >= 0.
         amsgrad: use the maximum of past second moments (torch's ``amsgrad``).
         maximize: ascend: the incoming gradients are negated first.
@@ -89,6 +95,7 @@ def scale_by_adam(
 
         return ScaleByAdamState(
             count=torch.zeros((), dtype=torch.float32, device=device),
+            b1=initial_value(b1, device),
             mu=zeros(),
             nu=zeros(),
             nu_max=zeros() if amsgrad else (),
@@ -104,10 +111,11 @@ def scale_by_adam(
     ) -> tuple[list[Tensor], ScaleByAdamState]:
         check_state_paths("scale_by_adam", state.paths, info)
         donate = info.donate
+        beta1 = value_at(b1, state.count)
         count = state.count.add_(1) if donate else state.count + 1
         # In float64, as torch.optim evaluates them (in Python floats) for every param dtype.
         t = count.to(torch.float64)
-        bc1 = 1 - torch.pow(b1, t)
+        bc1 = 1 - torch.pow(beta1, t)
         bc2_sqrt = torch.sqrt(1 - torch.pow(b2, t))
 
         def group(
@@ -115,7 +123,7 @@ def scale_by_adam(
         ) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g)
-            m = fe.lerp(m, g, 1 - b1, donate)
+            m = fe.lerp(m, g, 1 - beta1, donate)
             v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
             vm = fe.maximum(vmax[0], v, donate) if amsgrad else []
             denom = fe.add(fe.div(fe.sqrt(vm if amsgrad else v), bc2_sqrt, donate), eps, donate)
@@ -127,7 +135,12 @@ def scale_by_adam(
         )
         direction, mu, nu, *nu_max = info.foreach(group, *lists)
         return direction, ScaleByAdamState(
-            count, tuple(mu), tuple(nu), tuple(nu_max[0]) if amsgrad else (), state.paths
+            count,
+            in_force(b1, beta1, state.b1),
+            tuple(mu),
+            tuple(nu),
+            tuple(nu_max[0]) if amsgrad else (),
+            state.paths,
         )
 
     def fused(
@@ -176,21 +189,23 @@ def scale_by_adam(
 
         lists = (params, grads, mu, nu) + ((nu_max,) if amsgrad else ())
         info.foreach(group, *lists)
-        return params, ScaleByAdamState(count, tuple(mu), tuple(nu), tuple(nu_max), state.paths)
+        return params, ScaleByAdamState(
+            count, state.b1, tuple(mu), tuple(nu), tuple(nu_max), state.paths
+        )
 
     name = (
-        f"scale_by_adam(b1={b1:g}, b2={b2:g}, eps={eps:g}, amsgrad={amsgrad}, maximize={maximize})"
+        f"scale_by_adam(b1={b1!r}, b2={b2:g}, eps={eps:g}, amsgrad={amsgrad}, maximize={maximize})"
     )
-    return from_flat(
-        FlatTransform(init, update, name=name, fusion=Kernel(fused, maximize=maximize))
-    )
+    # torch's kernels take beta1 as a number: a scheduled b1 has no fused form.
+    fusion = None if is_schedule(b1) else Kernel(fused, maximize=maximize)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 
 def scale_by_adamw(
-    b1: float = 0.9,
+    b1: float | Schedule = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    weight_decay: float = 1e-2,
+    weight_decay: float | Schedule = 1e-2,
     *,
     amsgrad: bool = False,
     maximize: bool = False,

@@ -18,9 +18,9 @@ Schedule = Callable[[Any], Any]
 
 def sgd(
     lr: float | Schedule = 1e-3,
-    momentum: float = 0.0,
+    momentum: float | Schedule = 0.0,
     dampening: float = 0.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | Schedule = 0.0,
     nesterov: bool = False,
     *,
     maximize: bool = False,
@@ -30,6 +30,9 @@ def sgd(
     ``chain([scale(-1) if maximize], add_decayed_weights(weight_decay), trace(momentum,
     dampening, nesterov), scale_by_learning_rate(lr))``: weight decay is L2 (added to the
     gradient before momentum), as in torch.
+
+    Every hyperparameter but ``dampening`` and ``nesterov`` may be a schedule of the step
+    (see :mod:`functrain.schedules`); ``betas[0]`` may be one in :func:`adam` / :func:`adamw`.
 
     Args:
         lr: learning rate or schedule (torch's default 1e-3).
@@ -41,7 +44,7 @@ def sgd(
         >>> tx = sgd(lr=0.02, momentum=0.9, weight_decay=1e-4)
     """
     check_nonnegative("lr", lr, allow_schedule=True)
-    check_nonnegative("weight_decay", weight_decay)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     return chain(
         *([scale(-1.0)] if maximize else []),
         add_decayed_weights(weight_decay),
@@ -52,9 +55,9 @@ def sgd(
 
 def adam(
     lr: float | Schedule = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float | Schedule, float] = (0.9, 0.999),
     eps: float = 1e-8,
-    weight_decay: float = 0.0,
+    weight_decay: float | Schedule = 0.0,
     amsgrad: bool = False,
     *,
     maximize: bool = False,
@@ -71,7 +74,7 @@ def adam(
     """
     check_nonnegative("lr", lr, allow_schedule=True)
     b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     if decoupled_weight_decay:
         return adamw(lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
     if maximize and weight_decay:
@@ -91,9 +94,9 @@ def adam(
 
 def adamw(
     lr: float | Schedule = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float | Schedule, float] = (0.9, 0.999),
     eps: float = 1e-8,
-    weight_decay: float = 1e-2,
+    weight_decay: float | Schedule = 1e-2,
     amsgrad: bool = False,
     *,
     maximize: bool = False,
@@ -109,7 +112,7 @@ def adamw(
     """
     check_nonnegative("lr", lr, allow_schedule=True)
     b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     return chain(
         scale_by_adamw(b1, b2, eps, weight_decay, amsgrad=amsgrad, maximize=maximize),
         scale_by_learning_rate(lr),

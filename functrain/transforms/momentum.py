@@ -17,7 +17,8 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.fusion import Kernel
-from functrain.transforms.validation import check_nonnegative
+from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
+from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo, foreach_clone
 
 __all__ = ["TraceState", "trace"]
@@ -28,17 +29,21 @@ class TraceState:
     """State of :func:`trace`.
 
     Attributes:
+        count: number of updates applied (0-d int64); a scheduled momentum is evaluated here.
+        momentum: the momentum in force, a 0-d float64 tensor.
         momentum_buffer: one buffer per leaf, or ``None`` before the first step (torch
             initialises the buffer with the first gradient, without dampening).
         paths: dotted leaf paths the state was built for (static).
     """
 
+    count: Tensor
+    momentum: Tensor
     momentum_buffer: tuple[Tensor, ...] | None
     paths: tuple[str, ...] = static_field()
 
 
 def trace(
-    momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False
+    momentum: float | Schedule = 0.0, dampening: float = 0.0, nesterov: bool = False
 ) -> GradientTransformation:
     """Momentum exactly as ``torch.optim.SGD``.
 
@@ -47,25 +52,30 @@ def trace(
     update is ``g`` and the state holds no buffers.
 
     Args:
-        momentum: momentum factor >= 0.
+        momentum: momentum factor >= 0, or a schedule of the step (mmengine's momentum
+            schedulers; evaluated each step on the device, foreach path only).
         dampening: dampening for momentum.
         nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
 
     Example:
         >>> tx = chain(trace(0.9, nesterov=True), scale_by_learning_rate(0.1))
     """
-    check_nonnegative("momentum", momentum)
+    check_nonnegative("momentum", momentum, allow_schedule=True)
     if isinstance(dampening, bool) or not isinstance(dampening, int | float):
         raise ValueError(f"dampening must be a number, got {dampening!r}")
-    momentum, dampening = float(momentum), float(dampening)
-    if nesterov and (momentum <= 0 or dampening != 0):
+    scheduled = is_schedule(momentum)
+    momentum = momentum if scheduled else float(momentum)
+    dampening = float(dampening)
+    if nesterov and ((not scheduled and momentum <= 0) or dampening != 0):
         raise ValueError(
             f"Nesterov momentum requires a momentum and zero dampening "
-            f"(got momentum={momentum:g}, dampening={dampening:g})"
+            f"(got momentum={momentum!r}, dampening={dampening:g})"
         )
 
     def init(params: list[Tensor], info: TreeInfo) -> TraceState:
-        return TraceState(None, paths=info.paths)
+        device = params[0].device if params else torch.device("cpu")
+        count = torch.zeros((), dtype=torch.int64, device=device)
+        return TraceState(count, initial_value(momentum, device), None, paths=info.paths)
 
     def update(
         updates: list[Tensor],
@@ -75,23 +85,35 @@ def trace(
         **extra: Any,
     ) -> tuple[list[Tensor], TraceState]:
         check_state_paths("trace", state.paths, info)
+        count = state.count + 1
         if momentum == 0.0:
-            return updates, state
+            return updates, TraceState(count, state.momentum, None, state.paths)
         donate = info.donate
+        mom = value_at(momentum, state.count)
         if state.momentum_buffer is None:
             buf = foreach_clone(updates)
         else:
             buf = info.foreach(
-                lambda b, g: fe.add(fe.mul(b, momentum, donate), g, donate, alpha=1 - dampening),
+                lambda b, g: fe.add(fe.mul(b, mom, donate), g, donate, alpha=1 - dampening),
                 list(state.momentum_buffer),
                 updates,
             )
         if nesterov:
-            out = info.foreach(lambda g, b: fe.add(g, b, False, alpha=momentum), updates, buf)
+            out = info.foreach(
+                lambda g, b: (
+                    fe.add(g, b, False, alpha=mom)
+                    if isinstance(mom, float)
+                    else fe.add(g, fe.mul(b, mom, False), False)
+                ),
+                updates,
+                buf,
+            )
         else:
             # A copy: later transforms may scale the update in place when donating.
             out = foreach_clone(buf)
-        return out, TraceState(tuple(buf), state.paths)
+        return out, TraceState(
+            count, in_force(momentum, mom, state.momentum), tuple(buf), state.paths
+        )
 
     def fused(
         params: list[Tensor],
@@ -135,9 +157,11 @@ def trace(
             return p
 
         info.foreach(group, params, grads, *((buf,) if buf else ()))
-        return params, TraceState(tuple(buf) if momentum != 0.0 else None, state.paths)
+        return params, TraceState(
+            state.count + 1, state.momentum, tuple(buf) if momentum != 0.0 else None, state.paths
+        )
 
-    name = f"trace(momentum={momentum:g}, dampening={dampening:g}, nesterov={nesterov})"
-    return from_flat(
-        FlatTransform(init, update, name=name, fusion=Kernel(fused, decoupled_decay=False))
-    )
+    name = f"trace(momentum={momentum!r}, dampening={dampening:g}, nesterov={nesterov})"
+    # torch's kernel takes momentum as a number: a scheduled momentum has no fused form.
+    fusion = None if scheduled else Kernel(fused, decoupled_decay=False)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))

@@ -18,10 +18,12 @@ from functrain.transforms.base import (
     stateless_foreach,
 )
 from functrain.transforms.fusion import Decay, Scalar
+from functrain.transforms.hyperparams import initial_value, value_at
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 
 __all__ = [
+    "DecayState",
     "LearningRateState",
     "add_decayed_weights",
     "scale",
@@ -131,7 +133,20 @@ def scale_by_learning_rate(
     return from_flat(FlatTransform(init, update, name=name, fusion=Scalar(factor)))
 
 
-def add_decayed_weights(weight_decay: float = 0.0) -> GradientTransformation:
+@state_record
+class DecayState:
+    """State of :func:`add_decayed_weights` with a scheduled coefficient.
+
+    Attributes:
+        count: number of updates applied (0-d int64), where the schedule is evaluated.
+        weight_decay: the coefficient in force, a 0-d float64 tensor.
+    """
+
+    count: Tensor
+    weight_decay: Tensor
+
+
+def add_decayed_weights(weight_decay: float | Schedule = 0.0) -> GradientTransformation:
     """Add ``weight_decay * param`` to every update.
 
     Before an optimizer's scaling this is L2 regularisation (torch's ``weight_decay`` in SGD
@@ -139,23 +154,52 @@ def add_decayed_weights(weight_decay: float = 0.0) -> GradientTransformation:
     (AdamW).
 
     Args:
-        weight_decay: coefficient >= 0.
+        weight_decay: coefficient >= 0, or a schedule of the step (then the state is a
+            :class:`DecayState` holding the value in force; foreach path only).
 
     Example:
         >>> sgd_l2 = chain(add_decayed_weights(1e-4), trace(0.9), scale_by_learning_rate(0.1))
     """
-    check_nonnegative("weight_decay", weight_decay)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    if is_schedule(weight_decay):
+        return _scheduled_decay(weight_decay)
     weight_decay = float(weight_decay)
 
     def fn(updates: list[Tensor], params: list[Tensor] | None) -> list[Tensor]:
         if weight_decay == 0.0:
             return updates
-        if params is None:
-            raise ValueError(
-                "add_decayed_weights needs the parameters: call update(updates, state, params)"
-            )
+        _require_params(params)
         return fe.add(updates, params, False, alpha=weight_decay)
 
     return stateless_foreach(
         fn, name=f"add_decayed_weights({weight_decay:g})", fusion=Decay(weight_decay)
     )
+
+
+def _require_params(params: list[Tensor] | None) -> None:
+    if params is None:
+        raise ValueError(
+            "add_decayed_weights needs the parameters: call update(updates, state, params)"
+        )
+
+
+def _scheduled_decay(weight_decay: Schedule) -> GradientTransformation:
+    def init(params: list[Tensor], info: TreeInfo) -> DecayState:
+        device = params[0].device if params else torch.device("cpu")
+        return DecayState(
+            torch.zeros((), dtype=torch.int64, device=device), initial_value(weight_decay, device)
+        )
+
+    def update(
+        updates: list[Tensor],
+        state: DecayState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], DecayState]:
+        _require_params(params)
+        wd = value_at(weight_decay, state.count)
+        out = info.foreach(lambda u, p: fe.add(u, fe.mul(p, wd, False), False), updates, params)
+        return out, DecayState(state.count + 1, wd)
+
+    return from_flat(FlatTransform(init, update, name=f"add_decayed_weights({weight_decay!r})"))

@@ -57,13 +57,17 @@ def check_unit_interval(name: str, value: Any, *, allow_schedule: bool = False) 
         raise ValueError(f"Invalid {name}: {value!r}; {name} must be in [0, 1)")
 
 
-def check_betas(betas: Any) -> tuple[float, float]:
-    """A pair ``(beta1, beta2)`` with each in ``[0, 1)``, as torch.optim.Adam checks them."""
+def check_betas(betas: Any) -> tuple[Any, float]:
+    """A pair ``(beta1, beta2)`` with each in ``[0, 1)``, as torch.optim.Adam checks them.
+
+    ``beta1`` may be a schedule (mmengine's momentum schedulers drive it).
+    """
     if not isinstance(betas, tuple | list) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    for i, b in enumerate(betas):
-        check_unit_interval(f"betas[{i}]", b)
-    return float(betas[0]), float(betas[1])
+    check_unit_interval("betas[0]", betas[0], allow_schedule=True)
+    check_unit_interval("betas[1]", betas[1])
+    b1 = betas[0] if is_schedule(betas[0]) else float(betas[0])
+    return b1, float(betas[1])
 
 
 def check_callable(name: str, value: Any) -> Callable[..., Any]:
