@@ -77,11 +77,32 @@ class TreeInfo:
             appearance; foreach ops and fused kernels run once per group.
         donate: whether the caller gave up the incoming updates and state, so that transforms
             may overwrite their buffers in place. Results are bitwise identical either way.
+        multipliers: ``(lr_mult, decay_mult)`` of each group, or ``None`` (all 1). Set by a
+            chain that contains :func:`functrain.mask_multipliers`, whose groups are then
+            refined by multiplier values (like torch param groups); the learning-rate and
+            weight-decay transforms read them.
     """
 
     treespec: optree.PyTreeSpec
     groups: tuple[tuple[int, ...], ...]
     donate: bool = False
+    multipliers: tuple[tuple[float, float], ...] | None = None
+
+    def group_multipliers(self, group: int) -> tuple[float, float]:
+        """``(lr_mult, decay_mult)`` of group number ``group``."""
+        return (1.0, 1.0) if self.multipliers is None else self.multipliers[group]
+
+    def with_multipliers(self, per_leaf: Sequence[tuple[float, float]]) -> TreeInfo:
+        """This tree with its groups refined by each leaf's ``(lr_mult, decay_mult)``."""
+        groups: dict[tuple[int, tuple[float, float]], list[int]] = {}
+        for g, idx in enumerate(self.groups):
+            for i in idx:
+                groups.setdefault((g, tuple(per_leaf[i])), []).append(i)
+        return attrs.evolve(
+            self,
+            groups=tuple(tuple(idx) for idx in groups.values()),
+            multipliers=tuple(key[1] for key in groups),
+        )
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -112,16 +133,22 @@ class TreeInfo:
                 out[i] = item
         return out
 
-    def foreach(self, fn: Callable[..., Any], *lists: Sequence[Tensor]) -> Any:
+    def foreach(
+        self, fn: Callable[..., Any], *lists: Sequence[Tensor], with_group: bool = False
+    ) -> Any:
         """Apply ``fn`` once per ``(device, dtype)`` group and merge the results.
 
-        ``fn`` receives one sub-list per input list and returns a list, or a tuple of lists,
-        each with one tensor per leaf of the group. The result has the same shape in leaf order.
-        With a single group (the common case) this is just ``fn(*lists)``.
+        ``fn`` receives one sub-list per input list (preceded by the group's number when
+        ``with_group``) and returns a list, or a tuple of lists, each with one tensor per leaf
+        of the group. The result has the same shape in leaf order. With a single group (the
+        common case) this is just ``fn(*lists)``.
         """
         if len(self.groups) == 1:
-            return fn(*lists)
-        results = [fn(*parts) for parts in zip(*(self.split(xs) for xs in lists), strict=True)]
+            return fn(0, *lists) if with_group else fn(*lists)
+        results = [
+            fn(g, *parts) if with_group else fn(*parts)
+            for g, parts in enumerate(zip(*(self.split(xs) for xs in lists), strict=True))
+        ]
         if isinstance(results[0], tuple):
             return tuple(self.merge(r) for r in zip(*results, strict=True))
         return self.merge(results)

@@ -18,6 +18,12 @@ from functrain.transforms.base import (
 from functrain.transforms.clipping import ClipState, clip, clip_by_value
 from functrain.transforms.fused import apply_gradients, fusion_plan
 from functrain.transforms.momentum import TraceState, trace
+from functrain.transforms.multipliers import (
+    Multiplier,
+    mask_multipliers,
+    paramwise_multipliers,
+    trainable_parameters,
+)
 from functrain.transforms.scaling import (
     DecayState,
     LearningRateState,
@@ -33,6 +39,7 @@ __all__ = [
     "FlatTransform",
     "GradientTransformation",
     "LearningRateState",
+    "Multiplier",
     "ScaleByAdamState",
     "TraceState",
     "adam",
@@ -46,6 +53,8 @@ __all__ = [
     "from_flat",
     "fusion_plan",
     "identity",
+    "mask_multipliers",
+    "paramwise_multipliers",
     "scale",
     "scale_by_adam",
     "scale_by_adamw",
@@ -56,4 +65,5 @@ __all__ = [
     "stateless_foreach",
     "stateless_with_tree_map",
     "trace",
+    "trainable_parameters",
 ]

@@ -16,7 +16,7 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.fusion import Kernel
+from functrain.transforms.fusion import Kernel, group_value
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.scaling import add_decayed_weights
 from functrain.transforms.validation import check_betas, check_nonnegative, is_schedule
@@ -149,8 +149,8 @@ def scale_by_adam(
         state: ScaleByAdamState,
         info: TreeInfo,
         *,
-        lr: float | Tensor,
-        weight_decay: float,
+        lr: float | Tensor | list[float | Tensor],
+        weight_decay: float | list[float],
         decoupled: bool,
         grad_scale: Tensor | None = None,
     ) -> tuple[list[Tensor], ScaleByAdamState]:
@@ -164,7 +164,12 @@ def scale_by_adam(
         kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
 
         def group(
-            p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], *vmax: list[Tensor]
+            index: int,
+            p: list[Tensor],
+            g: list[Tensor],
+            m: list[Tensor],
+            v: list[Tensor],
+            *vmax: list[Tensor],
         ) -> list[Tensor]:
             device = p[0].device
             step = count.to(device)
@@ -175,10 +180,10 @@ def scale_by_adam(
                 v,
                 vmax[0] if amsgrad else [],
                 [step] * len(p),
-                lr=lr.to(device) if isinstance(lr, Tensor) else lr,
+                lr=group_value(lr, index, device),
                 beta1=b1,
                 beta2=b2,
-                weight_decay=weight_decay,
+                weight_decay=group_value(weight_decay, index, None),
                 eps=eps,
                 amsgrad=amsgrad,
                 maximize=maximize,
@@ -188,7 +193,7 @@ def scale_by_adam(
             return p
 
         lists = (params, grads, mu, nu) + ((nu_max,) if amsgrad else ())
-        info.foreach(group, *lists)
+        info.foreach(group, *lists, with_group=True)
         return params, ScaleByAdamState(
             count, state.b1, tuple(mu), tuple(nu), tuple(nu_max), state.paths
         )

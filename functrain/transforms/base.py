@@ -22,6 +22,7 @@ import optree
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
+from functrain.transforms.fusion import MultiplierSpec
 from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten, flatten_like
 
 __all__ = [
@@ -208,7 +209,8 @@ def as_flat(tx: GradientTransformation) -> FlatTransform:
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` one after another; the state is the tuple of their states.
 
-    The tree is flattened once for the whole chain. A chain of torch's building blocks that
+    The tree is flattened once for the whole chain. A :func:`functrain.mask_multipliers`
+    member gives the whole chain its per-parameter multipliers. A chain of torch's building blocks that
     torch has a fused kernel for (clip, weight decay, Adam/AdamW/SGD, learning rate) also runs
     as one fused kernel through :func:`functrain.apply_gradients`.
 
@@ -219,8 +221,11 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         >>> tx = chain(clip(1.0), scale_by_adam(), scale_by_learning_rate(1e-3))
     """
     parts = tuple(as_flat(t) for t in transforms)
+    multipliers = chain_multipliers(parts)
 
     def init(params: list[Tensor], info: TreeInfo) -> tuple[State, ...]:
+        if multipliers is not None:
+            info = multipliers.apply(info)
         return tuple(p.init(params, info) for p in parts)
 
     def update(
@@ -237,6 +242,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 + (f" with {len(state)} entries" if isinstance(state, tuple) else "")
                 + "; pass the state returned by this chain's init/update"
             )
+        if multipliers is not None:
+            info = multipliers.apply(info)
         new_states = []
         for part, s in zip(parts, state, strict=True):
             updates, s = part.update(updates, s, params, info, **extra)
@@ -245,6 +252,14 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
     name = "chain(" + ", ".join(p.name for p in parts) + ")"
     return from_flat(FlatTransform(init, update, name=name, parts=parts))
+
+
+def chain_multipliers(parts: Sequence[FlatTransform]) -> MultiplierSpec | None:
+    """The :func:`functrain.mask_multipliers` member of a chain's direct members, if any."""
+    specs = [p.fusion for p in parts if isinstance(p.fusion, MultiplierSpec)]
+    if len(specs) > 1:
+        raise ValueError("a chain can hold one mask_multipliers; merge the mappings")
+    return specs[0] if specs else None
 
 
 def identity() -> GradientTransformation:

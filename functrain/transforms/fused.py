@@ -27,8 +27,14 @@ import attrs
 import torch
 from torch import Tensor
 
-from functrain.transforms.base import FlatTransform, GradientTransformation, add_updates, as_flat
-from functrain.transforms.fusion import Decay, GradScale, Kernel, Scalar
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    add_updates,
+    as_flat,
+    chain_multipliers,
+)
+from functrain.transforms.fusion import Decay, GradScale, Kernel, MultiplierSpec, Scalar
 from functrain.tree import PyTree, TreeInfo, flatten, flatten_like, foreach_clone
 
 __all__ = ["apply_gradients", "fusion_plan"]
@@ -67,6 +73,9 @@ class FusionPlan:
 
 def _members(flat: FlatTransform, path: Path = ()) -> Iterator[Member]:
     if flat.parts:
+        if path and chain_multipliers(flat.parts) is not None:
+            # Only the outermost chain's multipliers are applied by apply_gradients.
+            raise _NestedMultipliers
         for i, part in enumerate(flat.parts):
             yield from _members(part, path + (i,))
     else:
@@ -75,7 +84,11 @@ def _members(flat: FlatTransform, path: Path = ()) -> Iterator[Member]:
 
 def fusion_plan(tx: GradientTransformation) -> FusionPlan | None:
     """The :class:`FusionPlan` of ``tx``, or ``None`` when it has no fused form."""
-    members = list(_members(as_flat(tx)))
+    # mask_multipliers members are identities whose work is done through the TreeInfo.
+    try:
+        members = [m for m in _members(as_flat(tx)) if not isinstance(m[1].fusion, MultiplierSpec)]
+    except _NestedMultipliers:
+        return None
     kernels = [i for i, (_, m) in enumerate(members) if isinstance(m.fusion, Kernel)]
     if not kernels:
         return None
@@ -117,6 +130,20 @@ def _set(state: Any, path: Path, value: Any) -> Any:
     return state[:i] + (_set(state[i], path[1:], value),) + state[i + 1 :]
 
 
+class _NestedMultipliers(Exception):
+    pass
+
+
+def _times(a: Any, b: Any) -> Any:
+    """``a * b`` for scalars, or elementwise when either is a per-group list."""
+    if isinstance(a, list) or isinstance(b, list):
+        n = len(a) if isinstance(a, list) else len(b)
+        a_list = a if isinstance(a, list) else [a] * n
+        b_list = b if isinstance(b, list) else [b] * n
+        return [x * y for x, y in zip(a_list, b_list, strict=True)]
+    return a * b
+
+
 def _fusable(params: list[Tensor], grads: list[Tensor], info: TreeInfo) -> str | None:
     """Why the fused kernels cannot run on these tensors, or ``None`` when they can."""
     if torch._C._functorch.peek_interpreter_stack() is not None:
@@ -156,19 +183,22 @@ def _run_fused(
             if not info.donate:
                 grads = foreach_clone(grads)  # the kernel writes the unscaled gradients back
         state = _set(state, path, s)
-    product: float | Tensor = 1.0
+    product: Any = 1.0
     for path, member in plan.scalars:
         value, s = member.fusion.compute(_get(state, path), info)
         state = _set(state, path, s)
-        product = product * value
-    weight_decay = plan.decay[1].fusion.weight_decay if plan.decay else 0.0
+        product = _times(product, value)
+    lr = [-v for v in product] if isinstance(product, list) else -product
+    weight_decay: Any = plan.decay[1].fusion.weight_decay if plan.decay else 0.0
+    if info.multipliers is not None and weight_decay:
+        weight_decay = [weight_decay * dm for _, dm in info.multipliers]
     path, member = plan.kernel
     params, s = member.fusion.apply(
         params,
         grads,
         _get(state, path),
         info,
-        lr=-product,
+        lr=lr,
         weight_decay=weight_decay,
         decoupled=plan.decoupled,
         grad_scale=grad_scale,
@@ -211,13 +241,17 @@ def apply_gradients(
     """
     p_leaves, info = flatten(params, donate=donate)
     g_leaves = flatten_like(grads, info, what="grads")
+    flat = as_flat(tx)
     plan = fusion_plan(tx) if fused is not False else None
+    multipliers = chain_multipliers(flat.parts)
+    if plan is not None and multipliers is not None:
+        info = multipliers.apply(info)
     reason = "the chain has no fused form" if plan is None else _fusable(p_leaves, g_leaves, info)
     if fused and reason is not None:
         raise ValueError(f"apply_gradients(fused=True) cannot fuse this step: {reason}")
     if reason is None:
         new_params, state = _run_fused(plan, p_leaves, g_leaves, state, info, extra)
     else:
-        updates, state = as_flat(tx).update(g_leaves, state, p_leaves, info, **extra)
+        updates, state = flat.update(g_leaves, state, p_leaves, info, **extra)
         new_params = add_updates(p_leaves, updates, info)
     return info.unflatten(new_params), state

@@ -11,6 +11,7 @@ path and the fused path share the descriptor's functions, so they compute the sa
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from functrain.tree import TreeInfo
 
-__all__ = ["Decay", "GradScale", "Kernel", "Scalar"]
+__all__ = ["Decay", "GradScale", "Kernel", "MultiplierSpec", "Scalar", "group_value"]
 
 
 @attrs.frozen
@@ -36,7 +37,8 @@ class GradScale:
 class Scalar:
     """Multiplies every update by a value that does not depend on the updates.
 
-    ``compute(state, info) -> (value, new_state)``; ``value`` is a float or a 0-d tensor.
+    ``compute(state, info) -> (value, new_state)``; ``value`` is a float or a 0-d tensor, or a
+    list with one such value per group of ``info`` (per-parameter multipliers).
     """
 
     compute: Callable[[Any, TreeInfo], tuple[float | Tensor, Any]]
@@ -53,6 +55,8 @@ class Decay:
 class Kernel:
     """An optimizer core with a torch fused kernel.
 
+    ``lr`` and ``weight_decay`` are shared scalars or lists with one value per group.
+
     ``apply(params, grads, state, info, *, lr, weight_decay, decoupled, grad_scale)
     -> (new_params, new_state)`` performs ``params <- params - lr * direction(grads /
     grad_scale)`` for one step (the kernel may write the unscaled gradients into ``grads``),
@@ -64,3 +68,46 @@ class Kernel:
     coupled_decay: bool = True
     decoupled_decay: bool = True
     maximize: bool = False
+
+
+@attrs.frozen(eq=False)
+class MultiplierSpec:
+    """Marks :func:`functrain.mask_multipliers`: a chain containing it refines its groups.
+
+    ``lookup(path)`` gives a leaf's multipliers (an attrs record ``(lr_mult, decay_mult)``);
+    ``known`` lists the paths a mapping named, all of which must be leaves.
+    """
+
+    lookup: Callable[[str], Any]
+    known: tuple[str, ...] | None = None
+    _cache: dict[Any, TreeInfo] = attrs.field(factory=dict, repr=False)
+
+    def apply(self, info: TreeInfo) -> TreeInfo:
+        """``info`` with its groups refined by multiplier and ``info.multipliers`` set."""
+        key = (info.treespec, info.groups, info.donate)
+        cached = self._cache.get(key)
+        if cached is None:
+            paths = info.paths
+            if self.known is not None:
+                missing = sorted(set(self.known) - set(paths))
+                if missing:
+                    close = difflib.get_close_matches(missing[0], paths, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise ValueError(
+                        f"mask_multipliers: {missing[0]!r} is not a leaf of the parameter tree{hint}"
+                    )
+            per_leaf = [attrs.astuple(self.lookup(p)) for p in paths]
+            cached = info.with_multipliers(per_leaf)
+            if len(self._cache) > 16:
+                self._cache.clear()
+            self._cache[key] = cached
+        return cached
+
+
+def group_value(value: Any, group: int, device: Any) -> Any:
+    """The value for one group of a per-group list (or the shared scalar), on ``device``."""
+    if isinstance(value, list):
+        value = value[group]
+    if device is not None and isinstance(value, Tensor):
+        return value.to(device)
+    return value

@@ -16,7 +16,7 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.fusion import Kernel
+from functrain.transforms.fusion import Kernel, group_value
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo, foreach_clone
@@ -121,8 +121,8 @@ def trace(
         state: TraceState,
         info: TreeInfo,
         *,
-        lr: float | Tensor,
-        weight_decay: float,
+        lr: float | Tensor | list[float | Tensor],
+        weight_decay: float | list[float],
         decoupled: bool,
         grad_scale: Tensor | None = None,
     ) -> tuple[list[Tensor], TraceState]:
@@ -139,14 +139,14 @@ def trace(
             if not first:
                 buf = foreach_clone(buf)
 
-        def group(p: list[Tensor], g: list[Tensor], *b: list[Tensor]) -> list[Tensor]:
+        def group(index: int, p: list[Tensor], g: list[Tensor], *b: list[Tensor]) -> list[Tensor]:
             torch._fused_sgd_(
                 p,
                 g,
                 b[0] if b else [],
-                weight_decay=weight_decay,
+                weight_decay=group_value(weight_decay, index, None),
                 momentum=momentum,
-                lr=lr.to(p[0].device) if isinstance(lr, Tensor) else lr,
+                lr=group_value(lr, index, p[0].device),
                 dampening=dampening,
                 nesterov=nesterov,
                 maximize=False,
@@ -156,7 +156,7 @@ def trace(
             )
             return p
 
-        info.foreach(group, params, grads, *((buf,) if buf else ()))
+        info.foreach(group, params, grads, *((buf,) if buf else ()), with_group=True)
         return params, TraceState(
             state.count + 1, state.momentum, tuple(buf) if momentum != 0.0 else None, state.paths
         )

@@ -15,7 +15,6 @@ from functrain.transforms.base import (
     GradientTransformation,
     from_flat,
     state_record,
-    stateless_foreach,
 )
 from functrain.transforms.fusion import Decay, Scalar
 from functrain.transforms.hyperparams import initial_value, value_at
@@ -90,6 +89,11 @@ def scale_by_learning_rate(
             tensor, without a host sync.
         flip_sign: descend (the default) rather than ascend.
 
+    In a chain with :func:`mask_multipliers`, each parameter group's learning rate is its
+    ``lr_mult`` times the base one; a :class:`functrain.schedules.Schedule` is re-based at
+    ``base * lr_mult`` as mmengine's schedulers do per param group (the same thing except
+    for absolute floors such as cosine's ``eta_min``). The state records the base value.
+
     Example:
         >>> tx = chain(scale_by_adam(), scale_by_learning_rate(lambda step: 1e-3 * 0.99**step))
     """
@@ -97,9 +101,8 @@ def scale_by_learning_rate(
     scheduled = is_schedule(learning_rate)
     sign = -1.0 if flip_sign else 1.0
 
-    def evaluate(count: Tensor) -> Tensor:
-        value = learning_rate(count)
-        return torch.as_tensor(value, dtype=torch.float64, device=count.device)
+    def evaluate(count: Tensor, schedule: Schedule = learning_rate) -> Tensor:
+        return torch.as_tensor(schedule(count), dtype=torch.float64, device=count.device)
 
     def init(params: list[Tensor], info: TreeInfo) -> LearningRateState:
         device = params[0].device if params else torch.device("cpu")
@@ -111,9 +114,34 @@ def scale_by_learning_rate(
         )
         return LearningRateState(count, lr)
 
-    def factor(state: LearningRateState, info: TreeInfo) -> tuple[Tensor, LearningRateState]:
+    rebased: dict[float, Schedule] = {}
+
+    def group_lr(lr: Tensor, count: Tensor, lr_mult: float) -> Tensor:
+        if lr_mult == 1.0:
+            return lr
+        if not scheduled:
+            return lr * lr_mult
+        # mmengine steps each param group's lr from base_lr * lr_mult; for a schedule with
+        # an absolute floor (cosine eta_min) that differs from lr_mult * schedule(t).
+        if lr_mult not in rebased:
+            base = getattr(learning_rate, "base", None)
+            with_base = getattr(learning_rate, "with_base", None)
+            rebased[lr_mult] = (
+                with_base(base * lr_mult)
+                if isinstance(base, float) and with_base is not None
+                else (lambda step: learning_rate(step) * lr_mult)
+            )
+        return evaluate(count, rebased[lr_mult])
+
+    def factor(
+        state: LearningRateState, info: TreeInfo
+    ) -> tuple[Tensor | list[Tensor], LearningRateState]:
+        """``-lr`` (``sign * lr``), one value per group when the chain has multipliers."""
         lr = evaluate(state.count) if scheduled else state.lr
-        return lr * sign, LearningRateState(state.count + 1, lr)
+        new_state = LearningRateState(state.count + 1, lr)
+        if info.multipliers is None:
+            return lr * sign, new_state
+        return [group_lr(lr, state.count, lm) * sign for lm, _ in info.multipliers], new_state
 
     def update(
         updates: list[Tensor],
@@ -123,6 +151,10 @@ def scale_by_learning_rate(
         **extra: Any,
     ) -> tuple[list[Tensor], LearningRateState]:
         f, state = factor(state, info)
+        if isinstance(f, list):
+            return info.foreach(
+                lambda g, us: fe.mul(us, f[g], info.donate), updates, with_group=True
+            ), state
         return info.foreach(lambda us: fe.mul(us, f, info.donate), updates), state
 
     name = (
@@ -155,7 +187,9 @@ def add_decayed_weights(weight_decay: float | Schedule = 0.0) -> GradientTransfo
 
     Args:
         weight_decay: coefficient >= 0, or a schedule of the step (then the state is a
-            :class:`DecayState` holding the value in force; foreach path only).
+            :class:`DecayState` holding the value in force; foreach path only). In a chain
+            with :func:`mask_multipliers` each group's coefficient is times its
+            ``decay_mult``.
 
     Example:
         >>> sgd_l2 = chain(add_decayed_weights(1e-4), trace(0.9), scale_by_learning_rate(0.1))
@@ -165,14 +199,31 @@ def add_decayed_weights(weight_decay: float | Schedule = 0.0) -> GradientTransfo
         return _scheduled_decay(weight_decay)
     weight_decay = float(weight_decay)
 
-    def fn(updates: list[Tensor], params: list[Tensor] | None) -> list[Tensor]:
-        if weight_decay == 0.0:
-            return updates
-        _require_params(params)
-        return fe.add(updates, params, False, alpha=weight_decay)
+    def init(params: list[Tensor], info: TreeInfo) -> EmptyState:
+        return EmptyState()
 
-    return stateless_foreach(
-        fn, name=f"add_decayed_weights({weight_decay:g})", fusion=Decay(weight_decay)
+    def update(
+        updates: list[Tensor],
+        state: EmptyState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], EmptyState]:
+        def group(g: int, us: list[Tensor], ps: list[Tensor] | None) -> list[Tensor]:
+            wd = weight_decay * info.group_multipliers(g)[1]
+            if wd == 0.0:
+                return us
+            _require_params(ps)
+            return fe.add(us, ps, False, alpha=wd)
+
+        if params is None:
+            return info.foreach(lambda g, us: group(g, us, None), updates, with_group=True), state
+        return info.foreach(group, updates, params, with_group=True), state
+
+    return from_flat(
+        FlatTransform(
+            init, update, name=f"add_decayed_weights({weight_decay:g})", fusion=Decay(weight_decay)
+        )
     )
 
 
@@ -199,7 +250,14 @@ def _scheduled_decay(weight_decay: Schedule) -> GradientTransformation:
     ) -> tuple[list[Tensor], DecayState]:
         _require_params(params)
         wd = value_at(weight_decay, state.count)
-        out = info.foreach(lambda u, p: fe.add(u, fe.mul(p, wd, False), False), updates, params)
+
+        def group(g: int, us: list[Tensor], ps: list[Tensor]) -> list[Tensor]:
+            decay_mult = info.group_multipliers(g)[1]
+            return fe.add(
+                us, fe.mul(ps, wd * decay_mult if decay_mult != 1.0 else wd, False), False
+            )
+
+        out = info.foreach(group, updates, params, with_group=True)
         return out, DecayState(state.count + 1, wd)
 
     return from_flat(FlatTransform(init, update, name=f"add_decayed_weights({weight_decay!r})"))
