@@ -35,3 +35,11 @@ def test_schedules_code_runs():
     assert lr(600) == pytest.approx(0.02)
     assert lr(8 * 1000) == pytest.approx(0.002)
     assert lr(11 * 1000) == pytest.approx(0.0002)
+
+
+def test_multipliers_code_runs():
+    code = re.search(r"## Per-parameter multipliers.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    mults = namespace["mults"]
+    assert mults["0.weight"].lr_mult == 0.1 and mults["1.weight"].decay_mult == 0.0
