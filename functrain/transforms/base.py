@@ -268,16 +268,19 @@ def identity() -> GradientTransformation:
 
 
 def stateless_foreach(
-    fn: Callable[[list[Tensor], list[Tensor] | None], list[Tensor]],
+    fn: Callable[..., list[Tensor]],
     *,
     name: str = "stateless",
     fusion: Any = None,
+    with_multipliers: bool = False,
 ) -> GradientTransformation:
     """A stateless transform from a function over flat lists, called once per (device, dtype).
 
     ``fn(updates, params)`` receives the leaves of one ``(device, dtype)`` group as lists (so
     ``torch._foreach_*`` ops apply directly) and returns the new updates for that group. It
-    must not modify its inputs.
+    must not modify its inputs. With ``with_multipliers`` it is called as
+    ``fn(updates, params, (lr_mult, decay_mult))`` with the group's multipliers (see
+    :func:`functrain.mask_multipliers`).
 
     Example:
         >>> double = stateless_foreach(lambda u, p: torch._foreach_mul(u, 2.0))
@@ -293,9 +296,14 @@ def stateless_foreach(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], EmptyState]:
+        def group(g: int, us: list[Tensor], ps: list[Tensor] | None = None) -> list[Tensor]:
+            if with_multipliers:
+                return fn(us, ps, info.group_multipliers(g))
+            return fn(us, ps)
+
         if params is None:
-            return info.foreach(lambda u: fn(u, None), updates), state
-        return info.foreach(fn, updates, params), state
+            return info.foreach(group, updates, with_group=True), state
+        return info.foreach(group, updates, params, with_group=True), state
 
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 

@@ -29,14 +29,8 @@ from typing import Any
 import attrs
 from torch import Tensor, nn
 
-from functrain.transforms.base import (
-    EmptyState,
-    FlatTransform,
-    GradientTransformation,
-    from_flat,
-)
+from functrain.transforms.base import GradientTransformation, stateless_foreach
 from functrain.transforms.fusion import MultiplierSpec
-from functrain.tree import TreeInfo
 
 __all__ = [
     "Multiplier",
@@ -127,19 +121,7 @@ def mask_multipliers(
             f"multipliers must be a mapping or a callable, got {type(multipliers).__name__}"
         )
 
-    def init(params: list[Tensor], info: TreeInfo) -> EmptyState:
-        return EmptyState()
-
-    def update(
-        updates: list[Tensor],
-        state: EmptyState,
-        params: list[Tensor] | None,
-        info: TreeInfo,
-        **extra: Any,
-    ) -> tuple[list[Tensor], EmptyState]:
-        return updates, state
-
-    return from_flat(FlatTransform(init, update, name="mask_multipliers", fusion=spec))
+    return stateless_foreach(lambda updates, params: updates, name="mask_multipliers", fusion=spec)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, Tensor]:

@@ -15,6 +15,7 @@ from functrain.transforms.base import (
     GradientTransformation,
     from_flat,
     state_record,
+    stateless_foreach,
 )
 from functrain.transforms.fusion import Decay, Scalar
 from functrain.transforms.hyperparams import initial_value, value_at
@@ -199,31 +200,20 @@ def add_decayed_weights(weight_decay: float | Schedule = 0.0) -> GradientTransfo
         return _scheduled_decay(weight_decay)
     weight_decay = float(weight_decay)
 
-    def init(params: list[Tensor], info: TreeInfo) -> EmptyState:
-        return EmptyState()
+    def fn(
+        updates: list[Tensor], params: list[Tensor] | None, multipliers: tuple[float, float]
+    ) -> list[Tensor]:
+        wd = weight_decay * multipliers[1]
+        if wd == 0.0:
+            return updates
+        _require_params(params)
+        return fe.add(updates, params, False, alpha=wd)
 
-    def update(
-        updates: list[Tensor],
-        state: EmptyState,
-        params: list[Tensor] | None,
-        info: TreeInfo,
-        **extra: Any,
-    ) -> tuple[list[Tensor], EmptyState]:
-        def group(g: int, us: list[Tensor], ps: list[Tensor] | None) -> list[Tensor]:
-            wd = weight_decay * info.group_multipliers(g)[1]
-            if wd == 0.0:
-                return us
-            _require_params(ps)
-            return fe.add(us, ps, False, alpha=wd)
-
-        if params is None:
-            return info.foreach(lambda g, us: group(g, us, None), updates, with_group=True), state
-        return info.foreach(group, updates, params, with_group=True), state
-
-    return from_flat(
-        FlatTransform(
-            init, update, name=f"add_decayed_weights({weight_decay:g})", fusion=Decay(weight_decay)
-        )
+    return stateless_foreach(
+        fn,
+        name=f"add_decayed_weights({weight_decay:g})",
+        fusion=Decay(weight_decay),
+        with_multipliers=True,
     )
 
 
