@@ -1,0 +1,77 @@
+"""torch.optim class names -> functrain optimizers, for configs (``dict(type='AdamW', ...)``)."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from functrain.transforms.alias import adam, adamw, sgd
+from functrain.transforms.base import GradientTransformation
+
+__all__ = ["TORCH_OPTIMIZERS", "optimizer_from_config"]
+
+TORCH_OPTIMIZERS: dict[str, Callable[..., GradientTransformation]] = {
+    "SGD": sgd,
+    "Adam": adam,
+    "AdamW": adamw,
+}
+"""Every torch.optim optimizer class name functrain implements, mapped to its alias."""
+
+# torch.optim arguments that choose an implementation rather than the maths; functrain picks
+# its own (fused when it can), so a config may carry them and they are ignored.
+_IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def optimizer_from_config(
+    cfg: Mapping[str, Any],
+    registry: Mapping[str, Callable[..., GradientTransformation]] | None = None,
+) -> GradientTransformation:
+    """Build an optimizer from an mmengine-style ``dict(type='AdamW', lr=..., ...)``.
+
+    Args:
+        cfg: ``type`` (a torch.optim class name or a registered name) and the optimizer's
+            keyword arguments, with torch's names. ``foreach`` / ``fused`` / ``capturable`` /
+            ``differentiable`` are accepted and ignored.
+        registry: names to look ``type`` up in (default :data:`TORCH_OPTIMIZERS`).
+
+    Raises:
+        ValueError: an unknown ``type`` (naming the closest known names) or an unknown
+            argument (naming it and the accepted ones).
+
+    Example:
+        >>> tx = optimizer_from_config(dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4))
+    """
+    registry = TORCH_OPTIMIZERS if registry is None else registry
+    cfg = dict(cfg)
+    if "type" not in cfg:
+        raise ValueError(f"optimizer config needs a 'type' (one of {', '.join(sorted(registry))})")
+    name = cfg.pop("type")
+    if name not in registry:
+        same_letters = [k for k in registry if k.lower() == str(name).lower()]
+        close = same_letters or difflib.get_close_matches(
+            str(name), list(registry), n=3, cutoff=0.5
+        )
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"unknown optimizer type {name!r}{hint} (known: {', '.join(sorted(registry))})"
+        )
+    factory = registry[name]
+    for key in _IMPLEMENTATION_ARGS:
+        cfg.pop(key, None)
+    accepted = [
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    for key in cfg:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"optimizer {name}: unknown argument {key!r}{hint} (accepted: {', '.join(accepted)})"
+            )
+    if "betas" in cfg and isinstance(cfg["betas"], list):
+        cfg["betas"] = tuple(cfg["betas"])
+    return factory(**cfg)
