@@ -31,8 +31,10 @@ from functrain.transforms.scaling import (
     scale,
     scale_by_learning_rate,
 )
+from functrain.transforms.torch_names import TORCH_OPTIMIZERS, optimizer_from_config
 
 __all__ = [
+    "TORCH_OPTIMIZERS",
     "ClipState",
     "DecayState",
     "EmptyState",
@@ -54,6 +56,7 @@ __all__ = [
     "fusion_plan",
     "identity",
     "mask_multipliers",
+    "optimizer_from_config",
     "paramwise_multipliers",
     "scale",
     "scale_by_adam",
