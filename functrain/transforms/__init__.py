@@ -1,5 +1,14 @@
 """Gradient transforms: the algebra, clipping, scalings, optimizers and the fused step."""
 
+from functrain.transforms.accumulation import (
+    AccumulateState,
+    MultiSteps,
+    MultiStepsState,
+    accumulate,
+    has_updated,
+    multi_steps,
+    optimizer_step_schedule,
+)
 from functrain.transforms.adam import ScaleByAdamState, scale_by_adam, scale_by_adamw
 from functrain.transforms.alias import adam, adamw, sgd
 from functrain.transforms.base import (
@@ -16,7 +25,24 @@ from functrain.transforms.base import (
     stateless_with_tree_map,
 )
 from functrain.transforms.clipping import ClipState, clip, clip_by_value
+from functrain.transforms.combinators import (
+    ApplyIfFiniteState,
+    MaskedState,
+    PartitionState,
+    apply_if_finite,
+    freeze,
+    masked,
+    named_chain,
+    partition,
+    set_to_zero,
+)
 from functrain.transforms.fused import apply_gradients, fusion_plan
+from functrain.transforms.loss_scaling import (
+    LossScaleState,
+    find_loss_scale_state,
+    loss_scaling,
+    scale_loss,
+)
 from functrain.transforms.momentum import TraceState, trace
 from functrain.transforms.multipliers import (
     Multiplier,
@@ -31,37 +57,59 @@ from functrain.transforms.scaling import (
     scale,
     scale_by_learning_rate,
 )
+from functrain.transforms.state_values import set_hyperparam, values_in_force
 from functrain.transforms.torch_names import TORCH_OPTIMIZERS, optimizer_from_config
 
 __all__ = [
-    "TORCH_OPTIMIZERS",
+    "AccumulateState",
+    "ApplyIfFiniteState",
     "ClipState",
     "DecayState",
     "EmptyState",
     "FlatTransform",
     "GradientTransformation",
     "LearningRateState",
+    "LossScaleState",
+    "MaskedState",
+    "MultiSteps",
+    "MultiStepsState",
     "Multiplier",
+    "PartitionState",
     "ScaleByAdamState",
+    "TORCH_OPTIMIZERS",
     "TraceState",
+    "accumulate",
     "adam",
     "adamw",
     "add_decayed_weights",
     "apply_gradients",
+    "apply_if_finite",
     "apply_updates",
     "chain",
     "clip",
     "clip_by_value",
+    "find_loss_scale_state",
+    "freeze",
     "from_flat",
     "fusion_plan",
+    "has_updated",
     "identity",
+    "loss_scaling",
     "mask_multipliers",
+    "masked",
+    "multi_steps",
+    "named_chain",
     "optimizer_from_config",
+    "optimizer_step_schedule",
     "paramwise_multipliers",
+    "partition",
     "scale",
     "scale_by_adam",
     "scale_by_adamw",
     "scale_by_learning_rate",
+    "scale_loss",
+    "set_hyperparam",
+    "set_to_zero",
     "sgd",
     "state_record",
     "stateless",
@@ -69,4 +117,5 @@ __all__ = [
     "stateless_with_tree_map",
     "trace",
     "trainable_parameters",
+    "values_in_force",
 ]
