@@ -38,8 +38,19 @@ def test_schedules_code_runs():
 
 
 def test_multipliers_code_runs():
-    code = re.search(r"## Per-parameter multipliers.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = re.search(
+        r"## Per-parameter multipliers.*?```python\n(.*?)```", README.read_text(), re.S
+    ).group(1)
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)
     mults = namespace["mults"]
     assert mults["0.weight"].lr_mult == 0.1 and mults["1.weight"].decay_mult == 0.0
+
+
+def test_combinators_code_runs():
+    code = re.search(
+        r"## Combinators, accumulation.*?```python\n(.*?)```", README.read_text(), re.S
+    ).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert "lr" in " ".join(namespace["ft"].values_in_force(namespace["state"]))
