@@ -195,3 +195,30 @@ def test_mixed_dtype_tree_runs_on_every_path():
     for k in params:
         assert fused[k].dtype == params[k].dtype
         torch.testing.assert_close(fused[k], simple[k], rtol=1e-2, atol=1e-2)
+
+
+def test_lower_precision_first_moment():
+    params = make_tree(generator=torch.Generator().manual_seed(11))
+    gen = torch.Generator().manual_seed(12)
+    grads_seq = [make_tree(generator=gen) for _ in range(20)]
+    low, full = ft.adamw(lr=1e-2, mu_dtype=torch.bfloat16), ft.adamw(lr=1e-2)
+    assert ft.fusion_plan(low) is None  # bf16 moments: the foreach path
+    p_low, s_low = params, low.init(params)
+    p_full, s_full = params, full.init(params)
+    for g in grads_seq:
+        p_low, s_low = ft.apply_gradients(low, p_low, g, s_low)
+        p_full, s_full = ft.apply_gradients(full, p_full, g, s_full)
+    adam_low = s_low[0][0]
+    assert all(m.dtype == torch.bfloat16 for m in adam_low.mu)
+    assert all(v.dtype == torch.float32 for v in adam_low.nu)
+    for k in ("mat", "conv"):
+        assert p_low[k].dtype == torch.float32
+        assert not torch.equal(p_low[k], p_full[k])  # bf16 storage really rounds
+        torch.testing.assert_close(p_low[k], p_full[k], rtol=0, atol=1e-2)
+    # Pure and donating agree bitwise with bf16 moments too.
+    p_don, s_don = optree.tree_map(torch.clone, params), low.init(params)
+    for g in grads_seq:
+        p_don, s_don = ft.apply_gradients(
+            low, p_don, optree.tree_map(torch.clone, g), s_don, donate=True
+        )
+    assert_tree_equal(p_don, p_low)

@@ -63,6 +63,7 @@ def scale_by_adam(
     *,
     amsgrad: bool = False,
     maximize: bool = False,
+    mu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     """Rescale updates by Adam's bias-corrected moment estimates.
 
@@ -79,6 +80,10 @@ def scale_by_adam(
         eps: added to the denominator, >= 0.
         amsgrad: use the maximum of past second moments (torch's ``amsgrad``).
         maximize: ascend: the incoming gradients are negated first.
+        mu_dtype: store the first moment in this dtype (e.g. ``torch.bfloat16``, as optax's
+            ``mu_dtype``) to save memory; it is computed in the update's dtype and rounded
+            for storage, and the update keeps the parameters' dtype. Foreach path only
+            (torch's kernels want every buffer in the parameter's dtype).
 
     Example:
         >>> adam_like = chain(scale_by_adam(0.9, 0.999), scale_by_learning_rate(1e-3))
@@ -90,13 +95,16 @@ def scale_by_adam(
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdamState:
         device = params[0].device if params else torch.device("cpu")
 
-        def zeros() -> tuple[Tensor, ...]:
-            return tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params)
+        def zeros(dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
+            return tuple(
+                torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                for p in params
+            )
 
         return ScaleByAdamState(
             count=torch.zeros((), dtype=torch.float32, device=device),
             b1=initial_value(b1, device),
-            mu=zeros(),
+            mu=zeros(mu_dtype),
             nu=zeros(),
             nu_max=zeros() if amsgrad else (),
             paths=info.paths,
@@ -123,11 +131,16 @@ def scale_by_adam(
         ) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g)
-            m = fe.lerp(m, g, 1 - beta1, donate)
+            if mu_dtype is not None:
+                m = fe.lerp([x.to(g[0].dtype) for x in m], g, 1 - beta1, False)
+            else:
+                m = fe.lerp(m, g, 1 - beta1, donate)
             v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
             vm = fe.maximum(vmax[0], v, donate) if amsgrad else []
             denom = fe.add(fe.div(fe.sqrt(vm if amsgrad else v), bc2_sqrt, donate), eps, donate)
             direction = fe.div(fe.div(m, denom, False), bc1, donate)
+            if mu_dtype is not None:
+                m = [x.to(mu_dtype) for x in m]
             return (direction, m, v, vm) if amsgrad else (direction, m, v)
 
         lists = (updates, list(state.mu), list(state.nu)) + (
@@ -202,7 +215,7 @@ def scale_by_adam(
         f"scale_by_adam(b1={b1!r}, b2={b2:g}, eps={eps:g}, amsgrad={amsgrad}, maximize={maximize})"
     )
     # torch's kernels take beta1 as a number: a scheduled b1 has no fused form.
-    fusion = None if is_schedule(b1) else Kernel(fused, maximize=maximize)
+    fusion = None if is_schedule(b1) or mu_dtype is not None else Kernel(fused, maximize=maximize)
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 
@@ -214,6 +227,7 @@ def scale_by_adamw(
     *,
     amsgrad: bool = False,
     maximize: bool = False,
+    mu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     """Adam's direction plus decoupled weight decay: ``scale_by_adam(...) + weight_decay * param``.
 
@@ -227,6 +241,6 @@ def scale_by_adamw(
         >>> tx = chain(clip(1.0), scale_by_adamw(weight_decay=0.05), scale_by_learning_rate(1e-4))
     """
     return chain(
-        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, maximize=maximize),
+        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, maximize=maximize, mu_dtype=mu_dtype),
         add_decayed_weights(weight_decay),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from functrain.transforms.adam import scale_by_adam, scale_by_adamw
 from functrain.transforms.base import GradientTransformation, chain
 from functrain.transforms.momentum import trace
@@ -62,12 +64,16 @@ def adam(
     *,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
+    mu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     """Adam, as ``torch.optim.Adam``: ``weight_decay`` is L2 (added to the gradient).
 
     ``chain(add_decayed_weights(weight_decay), scale_by_adam(*betas, eps, amsgrad=amsgrad),
     scale_by_learning_rate(lr))``; with ``maximize`` the gradient is negated first. With
     ``decoupled_weight_decay=True`` it is :func:`adamw`.
+
+    ``mu_dtype`` (a functrain extension, as optax's) stores the first moment in a lower
+    precision, e.g. ``torch.bfloat16``; see :func:`scale_by_adam`.
 
     Example:
         >>> tx = adam(lr=3e-4, weight_decay=1e-4)
@@ -76,18 +82,18 @@ def adam(
     b1, b2 = check_betas(betas)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     if decoupled_weight_decay:
-        return adamw(lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
+        return adamw(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, mu_dtype=mu_dtype)
     if maximize and weight_decay:
         # torch negates the gradient before adding the decay term.
         return chain(
             scale(-1.0),
             add_decayed_weights(weight_decay),
-            scale_by_adam(b1, b2, eps, amsgrad=amsgrad),
+            scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
             scale_by_learning_rate(lr),
         )
     return chain(
         add_decayed_weights(weight_decay),
-        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, maximize=maximize),
+        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, maximize=maximize, mu_dtype=mu_dtype),
         scale_by_learning_rate(lr),
     )
 
@@ -100,6 +106,7 @@ def adamw(
     amsgrad: bool = False,
     *,
     maximize: bool = False,
+    mu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     """AdamW, as ``torch.optim.AdamW``: decoupled weight decay, default 1e-2.
 
@@ -114,6 +121,8 @@ def adamw(
     b1, b2 = check_betas(betas)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     return chain(
-        scale_by_adamw(b1, b2, eps, weight_decay, amsgrad=amsgrad, maximize=maximize),
+        scale_by_adamw(
+            b1, b2, eps, weight_decay, amsgrad=amsgrad, maximize=maximize, mu_dtype=mu_dtype
+        ),
         scale_by_learning_rate(lr),
     )
