@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/train_digits.py --work-dir work_dirs/digits
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -54,3 +54,13 @@ def test_combinators_code_runs():
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)
     assert "lr" in " ".join(namespace["ft"].values_in_force(namespace["state"]))
+
+
+def test_training_loop_code_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = re.search(r"## Training loop\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    state = namespace["state"]
+    assert state.epoch == 12 and state.iteration == 12 * 4
+    assert (tmp_path / "work_dirs" / "readme" / "last_checkpoint").exists()

@@ -1,0 +1,27 @@
+"""``SamplerSeed``: ``set_epoch`` on the training sampler each epoch (DistSamplerSeedHook)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functrain.callbacks.base import Callback
+
+__all__ = ["SamplerSeed"]
+
+
+class SamplerSeed(Callback):
+    """Calls ``set_epoch(runner.epoch)`` on the train dataloader's sampler (or its batch
+    sampler's sampler) before each training epoch, so that a seeded shuffling sampler
+    (``DistributedSampler``, mmengine's ``DefaultSampler``) draws a new order each epoch."""
+
+    priority = "NORMAL"
+
+    def before_train_epoch(self, runner: Any, state: Any) -> None:
+        loader = runner.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(runner.epoch)
+            return
+        inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        if inner is not None and hasattr(inner, "set_epoch"):
+            inner.set_epoch(runner.epoch)

@@ -1,0 +1,198 @@
+"""Train and eval steps: pure-looking functions ``(state, batch) -> ...`` built from a module.
+
+The step contract (what the loops call, and what a hand-written step must do):
+
+- a **train step** is ``step(state: TrainState, batch) -> (new_state, metrics)``. It returns a
+  state with new ``params``, ``buffers`` and ``opt_state`` and must leave ``iteration``,
+  ``epoch`` and ``callbacks`` alone (the loop owns the counters, as mmengine's loop does).
+  ``metrics`` is a ``{name: tensor}`` dict of 0-d tensors left on the device (``"loss"`` at
+  least, for the logger); reading them on the host is the logger's business, at its interval.
+  A step built with ``donate=True`` may reuse the buffers of the state it was given; the loop
+  never touches an old state again.
+- an **eval step** is ``step(state, batch) -> outputs``, where ``outputs`` is whatever the
+  evaluator's ``process`` expects (a dict of tensors for :class:`functrain.loops.MeanMetrics`).
+
+Both builders take a function of ``(forward, batch)``, where ``forward(*args, **kwargs)`` runs
+the module with the state's tensors through ``torch.func.functional_call``::
+
+    def loss_fn(forward, batch):
+        x, y = batch
+        logits = forward(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"acc": (logits.argmax(-1) == y).float().mean()}  # or just `loss`
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad_and_value
+
+from functrain.state import TrainState
+from functrain.transforms.base import GradientTransformation
+from functrain.transforms.fused import apply_gradients
+
+__all__ = ["make_eval_step", "make_train_step"]
+
+Forward = Callable[..., Any]
+LossFn = Callable[[Forward, Any], Any]
+TrainStep = Callable[[TrainState, Any], tuple[TrainState, dict[str, Tensor]]]
+EvalStep = Callable[[TrainState, Any], Any]
+
+
+def _split_loss(out: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    if isinstance(out, tuple):
+        if len(out) != 2 or not isinstance(out[1], Mapping):
+            raise TypeError(
+                "loss_fn must return a loss tensor or (loss, {name: tensor}), got a tuple of "
+                f"{len(out)} items"
+            )
+        loss, aux = out
+    else:
+        loss, aux = out, {}
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        raise TypeError(
+            "loss_fn must return a 0-d loss tensor, got "
+            + (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else repr(loss))
+        )
+    return loss, {k: v.detach() if isinstance(v, Tensor) else v for k, v in aux.items()}
+
+
+def _autocast(dtype: torch.dtype | None, device_type: str) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def _device_type(state: TrainState) -> str:
+    for t in state.params.values():
+        return t.device.type
+    return "cpu"
+
+
+def make_train_step(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    tx: GradientTransformation,
+    *,
+    donate: bool = True,
+    autocast: torch.dtype | None = None,
+    fused: bool | None = None,
+    grad: str = "func",
+) -> TrainStep:
+    """Build ``step(state, batch) -> (state, metrics)``: forward, backward and one update.
+
+    The gradients are ``torch.func.grad_and_value`` of ``loss_fn`` with respect to
+    ``state.params``; the module runs through ``functional_call`` on ``state.params`` and
+    ``state.buffers`` in training mode. BatchNorm updates its running statistics in place on
+    the buffer tensors it is given: with ``donate=True`` those are the state's own buffers
+    (the old state is given up), otherwise copies, so the input state is left untouched. The
+    update is :func:`functrain.apply_gradients` (torch's fused kernels when the chain allows).
+
+    Args:
+        model: the module (only its structure and code are used; its own tensors are not).
+        loss_fn: ``loss_fn(forward, batch) -> loss`` or ``(loss, {name: tensor})``; the
+            extra tensors are returned in ``metrics`` (detached, on the device).
+        tx: the gradient transformation whose state is ``state.opt_state``.
+        donate: let the step reuse the input state's buffers (what a loop wants). Results are
+            bitwise the same either way.
+        autocast: run ``loss_fn`` under ``torch.autocast`` with this dtype (``torch.bfloat16``;
+            ``torch.float16`` needs a loss-scaling transform to be safe). Parameters,
+            gradients and the update stay in their own dtype.
+        fused: passed to :func:`functrain.apply_gradients`.
+        grad: ``"func"`` differentiates with ``torch.func.grad_and_value`` (composable with
+            other ``torch.func`` transforms); ``"autograd"`` with ``torch.autograd.grad`` on
+            detached leaves, the same gradients without functorch's per-call wrapping, which
+            is measurable for small models (see ``benchmarks/loop.py``).
+
+    Returns:
+        The train step. ``metrics`` holds ``"loss"`` and whatever ``loss_fn`` added.
+
+    Example:
+        >>> def loss_fn(forward, batch):
+        ...     x, y = batch
+        ...     return torch.nn.functional.cross_entropy(forward(x), y)
+        >>> step = make_train_step(model, loss_fn, functrain.adamw(1e-3))  # doctest: +SKIP
+        >>> state, metrics = step(state, (x, y))  # doctest: +SKIP
+    """
+
+    def compute(
+        params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any, device_type: str
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return functional_call(model, (params, buffers), args, kwargs)
+
+        with _autocast(autocast, device_type):
+            loss, aux = _split_loss(loss_fn(forward, batch))
+        return loss, aux
+
+    if grad not in ("func", "autograd"):
+        raise ValueError(f"grad must be 'func' or 'autograd', got {grad!r}")
+    func_grad = grad_and_value(compute, has_aux=True)
+
+    def autograd_grad(
+        params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any, device_type: str
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():
+            loss, aux = compute(leaves, buffers, batch, device_type)
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        out = {
+            k: g if g is not None else torch.zeros_like(params[k])
+            for k, g in zip(leaves, grads, strict=True)
+        }
+        return out, (loss.detach(), aux)
+
+    grad_fn = func_grad if grad == "func" else autograd_grad
+
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Tensor]]:
+        if not model.training:
+            model.train()
+        buffers = state.buffers if donate else {k: b.clone() for k, b in state.buffers.items()}
+        grads, (loss, aux) = grad_fn(state.params, buffers, batch, _device_type(state))
+        params, opt_state = apply_gradients(
+            tx, state.params, grads, state.opt_state, donate=donate, fused=fused
+        )
+        metrics = {"loss": loss.detach(), **aux}
+        return state.replace(params=params, buffers=buffers, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(
+    model: torch.nn.Module,
+    fn: LossFn,
+    *,
+    autocast: torch.dtype | None = None,
+) -> EvalStep:
+    """Build ``step(state, batch) -> fn(forward, batch)`` in eval mode, without gradients.
+
+    Args:
+        model: the module.
+        fn: ``fn(forward, batch) -> outputs``; ``forward`` runs ``model`` on the state's
+            params and buffers (BatchNorm uses its running statistics, dropout is off).
+        autocast: run ``fn`` under ``torch.autocast`` with this dtype.
+
+    Example:
+        >>> def metrics_fn(forward, batch):
+        ...     x, y = batch
+        ...     logits = forward(x)
+        ...     return {"acc": (logits.argmax(-1) == y).float()}  # per-sample values
+        >>> eval_step = make_eval_step(model, metrics_fn)  # doctest: +SKIP
+    """
+
+    def eval_step(state: TrainState, batch: Any) -> Any:
+        if model.training:
+            model.eval()
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return functional_call(model, (state.params, state.buffers), args, kwargs)
+
+        with torch.no_grad(), _autocast(autocast, _device_type(state)):
+            return fn(forward, batch)
+
+    return eval_step
