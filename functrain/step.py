@@ -35,6 +35,7 @@ from torch.func import functional_call, grad_and_value
 from functrain.state import TrainState
 from functrain.transforms.base import GradientTransformation
 from functrain.transforms.fused import apply_gradients
+from functrain.transforms.loss_scaling import find_loss_scale_state
 
 __all__ = ["make_eval_step", "make_train_step"]
 
@@ -100,9 +101,11 @@ def make_train_step(
         tx: the gradient transformation whose state is ``state.opt_state``.
         donate: let the step reuse the input state's buffers (what a loop wants). Results are
             bitwise the same either way.
-        autocast: run ``loss_fn`` under ``torch.autocast`` with this dtype (``torch.bfloat16``;
-            ``torch.float16`` needs a loss-scaling transform to be safe). Parameters,
-            gradients and the update stay in their own dtype.
+        autocast: run ``loss_fn`` under ``torch.autocast`` with this dtype (``torch.bfloat16``,
+            or ``torch.float16`` with a :func:`functrain.loss_scaling` transform in ``tx``:
+            the step then differentiates ``loss * scale`` and the transform unscales, skips
+            overflowing steps and adapts the scale, as mmengine's AmpOptimWrapper). Parameters,
+            gradients and the update stay in their own dtype; ``metrics["loss"]`` is unscaled.
         fused: passed to :func:`functrain.apply_gradients`.
         grad: ``"func"`` differentiates with ``torch.func.grad_and_value`` (composable with
             other ``torch.func`` transforms); ``"autograd"`` with ``torch.autograd.grad`` on
@@ -121,31 +124,64 @@ def make_train_step(
     """
 
     def compute(
-        params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any, device_type: str
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+        params: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        batch: Any,
+        device_type: str,
+        scale: Tensor | None,
+    ) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
         def forward(*args: Any, **kwargs: Any) -> Any:
             return functional_call(model, (params, buffers), args, kwargs)
 
         with _autocast(autocast, device_type):
             loss, aux = _split_loss(loss_fn(forward, batch))
-        return loss, aux
+        # With a loss_scaling transform the gradients are those of loss * scale, which the
+        # transform unscales (as GradScaler's scaler.scale(loss).backward()).
+        scaled = loss if scale is None else loss * scale.to(loss.device)
+        return scaled, (loss.detach(), aux)
 
     if grad not in ("func", "autograd"):
         raise ValueError(f"grad must be 'func' or 'autograd', got {grad!r}")
-    func_grad = grad_and_value(compute, has_aux=True)
+
+    def func_grad(
+        params: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        batch: Any,
+        device_type: str,
+        scale: Tensor | None,
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
+        grads, (_, out) = grad_and_value(compute, has_aux=True)(
+            params, buffers, batch, device_type, scale
+        )
+        return grads, out
 
     def autograd_grad(
-        params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any, device_type: str
+        params: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        batch: Any,
+        device_type: str,
+        scale: Tensor | None,
     ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
-            loss, aux = compute(leaves, buffers, batch, device_type)
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            scaled, (loss, aux) = compute(leaves, buffers, batch, device_type, scale)
+            grads = torch.autograd.grad(scaled, list(leaves.values()), allow_unused=True)
         out = {
             k: g if g is not None else torch.zeros_like(params[k])
             for k, g in zip(leaves, grads, strict=True)
         }
-        return out, (loss.detach(), aux)
+        return out, (loss, aux)
+
+    uses_loss_scaling: list[bool] = []  # decided on the first step: the state's structure
+
+    def loss_scale(opt_state: Any) -> Tensor | None:
+        if not uses_loss_scaling:
+            try:
+                find_loss_scale_state(opt_state)
+                uses_loss_scaling.append(True)
+            except ValueError:
+                uses_loss_scaling.append(False)
+        return find_loss_scale_state(opt_state).scale if uses_loss_scaling[0] else None
 
     grad_fn = func_grad if grad == "func" else autograd_grad
 
@@ -153,7 +189,9 @@ def make_train_step(
         if not model.training:
             model.train()
         buffers = state.buffers if donate else {k: b.clone() for k, b in state.buffers.items()}
-        grads, (loss, aux) = grad_fn(state.params, buffers, batch, _device_type(state))
+        grads, (loss, aux) = grad_fn(
+            state.params, buffers, batch, _device_type(state), loss_scale(state.opt_state)
+        )
         params, opt_state = apply_gradients(
             tx, state.params, grads, state.opt_state, donate=donate, fused=fused
         )
