@@ -173,7 +173,7 @@ def flatten(tree: PyTree, *, donate: bool = False) -> tuple[list[Tensor], TreeIn
         The leaves in flattening order and the :class:`TreeInfo` describing them.
 
     Raises:
-        ValueError: a leaf is not a tensor; the message names its dotted path.
+        ValueError: a leaf is not a tensor, or is sparse; the message names its dotted path.
 
     Example:
         >>> leaves, info = flatten({"w": torch.ones(2), "b": torch.zeros(())})
@@ -181,6 +181,11 @@ def flatten(tree: PyTree, *, donate: bool = False) -> tuple[list[Tensor], TreeIn
         ('b', 'w')
     """
     leaves, treespec = optree.tree_flatten(tree, namespace=NAMESPACE)
+    _check_leaves(leaves, treespec)
+    return leaves, TreeInfo(treespec, _group_indices(leaves), donate)
+
+
+def _check_leaves(leaves: Sequence[Any], treespec: optree.PyTreeSpec) -> None:
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, Tensor):
             path = leaf_paths(treespec)[i]
@@ -188,7 +193,12 @@ def flatten(tree: PyTree, *, donate: bool = False) -> tuple[list[Tensor], TreeIn
                 f"leaf {path!r} is a {type(leaf).__name__}, not a torch.Tensor; "
                 "every leaf of a parameter or update tree must be a tensor"
             )
-    return leaves, TreeInfo(treespec, _group_indices(leaves), donate)
+        if leaf.layout != torch.strided:
+            path = leaf_paths(treespec)[i]
+            raise ValueError(
+                f"leaf {path!r} is a {leaf.layout} tensor; functrain's transforms need dense "
+                "tensors (for sparse gradients, densify them with .to_dense())"
+            )
 
 
 def flatten_like(tree: PyTree, info: TreeInfo, what: str = "params") -> list[Tensor]:
@@ -203,6 +213,7 @@ def flatten_like(tree: PyTree, info: TreeInfo, what: str = "params") -> list[Ten
             f"{what} tree does not match the updates tree: "
             + describe_mismatch(leaf_paths(treespec), info.paths)
         )
+    _check_leaves(leaves, treespec)
     return leaves
 
 

@@ -81,3 +81,11 @@ def test_decay_without_params():
     tx = ft.add_decayed_weights(0.1)
     with pytest.raises(ValueError, match="needs the parameters"):
         tx.update({"w": torch.ones(1)}, tx.init({"w": torch.ones(1)}))
+
+
+def test_sparse_gradients_are_rejected_with_the_path():
+    params = {"emb": torch.zeros(4, 2)}
+    grads = {"emb": torch.zeros(4, 2).to_sparse()}
+    tx = ft.adam()
+    with pytest.raises(ValueError, match="'emb' is a torch.sparse_coo tensor"):
+        ft.apply_gradients(tx, params, grads, tx.init(params))

@@ -9,6 +9,14 @@ from functrain.transforms.accumulation import (
     multi_steps,
     optimizer_step_schedule,
 )
+from functrain.transforms.adafactor import (
+    DecoupledDecayState,
+    FactoredRmsState,
+    adafactor,
+    add_decoupled_decay,
+    scale_by_factored_rms,
+    scale_by_relative_step,
+)
 from functrain.transforms.adam import ScaleByAdamState, scale_by_adam, scale_by_adamw
 from functrain.transforms.alias import adam, adamw, sgd
 from functrain.transforms.base import (
@@ -37,6 +45,10 @@ from functrain.transforms.combinators import (
     set_to_zero,
 )
 from functrain.transforms.fused import apply_gradients, fusion_plan
+from functrain.transforms.lamb import lamb, scale_by_trust_ratio
+from functrain.transforms.lars import lars, scale_by_lars
+from functrain.transforms.lbfgs import LbfgsState, lbfgs
+from functrain.transforms.lion import ScaleByLionState, lion, scale_by_lion
 from functrain.transforms.loss_scaling import (
     LossScaleState,
     find_loss_scale_state,
@@ -50,6 +62,7 @@ from functrain.transforms.multipliers import (
     paramwise_multipliers,
     trainable_parameters,
 )
+from functrain.transforms.muon import MuonState, is_matrix, muon, newton_schulz, scale_by_muon
 from functrain.transforms.scaling import (
     DecayState,
     LearningRateState,
@@ -57,31 +70,55 @@ from functrain.transforms.scaling import (
     scale,
     scale_by_learning_rate,
 )
+from functrain.transforms.schedule_free import (
+    ScaleByRmsEmaState,
+    ScheduleFreeState,
+    scale_by_rms_ema,
+    scale_by_schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
+)
+from functrain.transforms.sparse_adam import sparse_adam
 from functrain.transforms.state_values import set_hyperparam, values_in_force
-from functrain.transforms.torch_names import TORCH_OPTIMIZERS, optimizer_from_config
+from functrain.transforms.torch_names import (
+    EXTRA_OPTIMIZERS,
+    TORCH_OPTIMIZERS,
+    optimizer_from_config,
+)
 
 __all__ = [
     "AccumulateState",
     "ApplyIfFiniteState",
     "ClipState",
     "DecayState",
+    "DecoupledDecayState",
+    "EXTRA_OPTIMIZERS",
     "EmptyState",
+    "FactoredRmsState",
     "FlatTransform",
     "GradientTransformation",
+    "LbfgsState",
     "LearningRateState",
     "LossScaleState",
     "MaskedState",
     "MultiSteps",
     "MultiStepsState",
     "Multiplier",
+    "MuonState",
     "PartitionState",
     "ScaleByAdamState",
+    "ScaleByLionState",
+    "ScaleByRmsEmaState",
+    "ScheduleFreeState",
     "TORCH_OPTIMIZERS",
     "TraceState",
     "accumulate",
+    "adafactor",
     "adam",
     "adamw",
     "add_decayed_weights",
+    "add_decoupled_decay",
     "apply_gradients",
     "apply_if_finite",
     "apply_updates",
@@ -94,11 +131,18 @@ __all__ = [
     "fusion_plan",
     "has_updated",
     "identity",
+    "is_matrix",
+    "lamb",
+    "lars",
+    "lbfgs",
+    "lion",
     "loss_scaling",
     "mask_multipliers",
     "masked",
     "multi_steps",
+    "muon",
     "named_chain",
+    "newton_schulz",
     "optimizer_from_config",
     "optimizer_step_schedule",
     "paramwise_multipliers",
@@ -106,11 +150,23 @@ __all__ = [
     "scale",
     "scale_by_adam",
     "scale_by_adamw",
+    "scale_by_factored_rms",
+    "scale_by_lars",
     "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_muon",
+    "scale_by_relative_step",
+    "scale_by_rms_ema",
+    "scale_by_schedule_free",
+    "scale_by_trust_ratio",
     "scale_loss",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
     "set_hyperparam",
     "set_to_zero",
     "sgd",
+    "sparse_adam",
     "state_record",
     "stateless",
     "stateless_foreach",

@@ -7,17 +7,38 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from functrain.transforms.adafactor import adafactor
 from functrain.transforms.alias import adam, adamw, sgd
 from functrain.transforms.base import GradientTransformation
+from functrain.transforms.lamb import lamb
+from functrain.transforms.lars import lars
+from functrain.transforms.lbfgs import lbfgs
+from functrain.transforms.lion import lion
+from functrain.transforms.muon import muon
+from functrain.transforms.schedule_free import schedule_free_adamw, schedule_free_sgd
+from functrain.transforms.sparse_adam import sparse_adam
 
-__all__ = ["TORCH_OPTIMIZERS", "optimizer_from_config"]
+__all__ = ["EXTRA_OPTIMIZERS", "TORCH_OPTIMIZERS", "optimizer_from_config"]
 
 TORCH_OPTIMIZERS: dict[str, Callable[..., GradientTransformation]] = {
     "SGD": sgd,
     "Adam": adam,
     "AdamW": adamw,
+    "Adafactor": adafactor,
+    "Muon": muon,
+    "LBFGS": lbfgs,  # needs value_fn= in update (a closure), see functrain.lbfgs
+    "SparseAdam": sparse_adam,  # rejects: functrain has no sparse-gradient path
 }
 """Every torch.optim optimizer class name functrain implements, mapped to its alias."""
+
+EXTRA_OPTIMIZERS: dict[str, Callable[..., GradientTransformation]] = {
+    "Lion": lion,
+    "LAMB": lamb,
+    "LARS": lars,
+    "ScheduleFreeAdamW": schedule_free_adamw,
+    "ScheduleFreeSGD": schedule_free_sgd,
+}
+"""Optimizers beyond torch.optim, under the names a config uses."""
 
 # torch.optim arguments that choose an implementation rather than the maths; functrain picks
 # its own (fused when it can), so a config may carry them and they are ignored.
@@ -34,7 +55,8 @@ def optimizer_from_config(
         cfg: ``type`` (a torch.optim class name or a registered name) and the optimizer's
             keyword arguments, with torch's names. ``foreach`` / ``fused`` / ``capturable`` /
             ``differentiable`` are accepted and ignored.
-        registry: names to look ``type`` up in (default :data:`TORCH_OPTIMIZERS`).
+        registry: names to look ``type`` up in (default: :data:`TORCH_OPTIMIZERS` and
+            :data:`EXTRA_OPTIMIZERS`).
 
     Raises:
         ValueError: an unknown ``type`` (naming the closest known names) or an unknown
@@ -43,7 +65,7 @@ def optimizer_from_config(
     Example:
         >>> tx = optimizer_from_config(dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4))
     """
-    registry = TORCH_OPTIMIZERS if registry is None else registry
+    registry = {**TORCH_OPTIMIZERS, **EXTRA_OPTIMIZERS} if registry is None else registry
     cfg = dict(cfg)
     if "type" not in cfg:
         raise ValueError(f"optimizer config needs a 'type' (one of {', '.join(sorted(registry))})")

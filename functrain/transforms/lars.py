@@ -1,0 +1,129 @@
+"""LARS (You, Gitman & Ginsburg 2017, "Large Batch Training of Convolutional Networks").
+
+The paper's update (Algorithm 1), per leaf, with ``gamma_t`` the global learning rate::
+
+    local_lr = eta * ||param|| / (||g|| + weight_decay * ||param||)
+    v        = momentum * v + gamma_t * local_lr * (g + weight_decay * param)
+    param    = param - v
+
+as ``chain(scale_by_lars(eta, weight_decay), scale_by_learning_rate(lr),
+trace(momentum, nesterov=nesterov))``: the learning rate is applied *inside* the momentum,
+as in the paper (it matters when ``lr`` is a schedule). ``v`` starts at 0 (torch's SGD
+buffer starts at the first update, the same thing). Where ``||param||`` or ``||g||`` is 0
+the local learning rate is 1, the common convention (optax; reference implementations skip
+the adaptation for such leaves); ``eps`` is added to the denominator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from functrain.transforms import foreach as fe
+from functrain.transforms.adafactor import leaf_norms, mul_per_leaf, per_leaf
+from functrain.transforms.base import (
+    EmptyState,
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+)
+from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.lamb import safe_ratio
+from functrain.transforms.momentum import trace
+from functrain.transforms.scaling import scale_by_learning_rate
+from functrain.transforms.validation import check_nonnegative
+from functrain.tree import TreeInfo
+
+__all__ = ["lars", "scale_by_lars"]
+
+
+def scale_by_lars(
+    trust_coefficient: float = 1e-3, weight_decay: float = 0.0, eps: float = 0.0
+) -> GradientTransformation:
+    """LARS's layer-wise scaled update ``local_lr * (g + weight_decay * param)``.
+
+    ``local_lr = trust_coefficient * ||param|| / (||g|| + weight_decay * ||param|| + eps)``
+    per leaf (the paper's ``eta``), or 1 where ``||param||`` or ``||g||`` is 0. Norms by
+    ``torch._foreach_norm``; no host sync. Needs the parameters.
+
+    Args:
+        trust_coefficient: the paper's ``eta``, >= 0.
+        weight_decay: the paper's ``beta``, >= 0 (L2, inside the ratio and the update).
+        eps: added to the denominator, >= 0.
+
+    Example:
+        >>> tx = chain(scale_by_lars(1e-3, 1e-4), scale_by_learning_rate(1.0), trace(0.9))
+    """
+    check_nonnegative("trust_coefficient", trust_coefficient)
+    check_nonnegative("weight_decay", weight_decay)
+    check_nonnegative("eps", eps)
+    eta, base_wd, eps = float(trust_coefficient), float(weight_decay), float(eps)
+
+    def init(params: list[Tensor], info: TreeInfo) -> EmptyState:
+        return EmptyState()
+
+    def update(
+        updates: list[Tensor],
+        state: EmptyState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], EmptyState]:
+        if params is None:
+            raise ValueError(
+                "scale_by_lars needs the parameters: call update(updates, state, params)"
+            )
+
+        def group(index: int, g: list[Tensor], p: list[Tensor]) -> list[Tensor]:
+            # mask_multipliers' decay_mult scales this group's weight decay.
+            wd = base_wd * info.group_multipliers(index)[1]
+            param_norm = leaf_norms(p)
+            grad_norm = leaf_norms(g)
+            zero = (param_norm == 0) | (grad_norm == 0)
+            ratio = safe_ratio(eta * param_norm, grad_norm + wd * param_norm + eps, zero)
+            u = fe.add(g, p, False, alpha=wd) if wd else g
+            return mul_per_leaf(u, per_leaf(ratio, u), info.donate)
+
+        return info.foreach(group, updates, params, with_group=True), state
+
+    name = f"scale_by_lars(trust_coefficient={eta:g}, weight_decay={base_wd:g}, eps={eps:g})"
+    return from_flat(FlatTransform(init, update, name=name))
+
+
+def lars(
+    lr: float | Schedule = 1.0,
+    momentum: float | Schedule = 0.9,
+    weight_decay: float = 0.0,
+    trust_coefficient: float = 1e-3,
+    eps: float = 0.0,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    """LARS (You et al. 2017), the paper's variant: the trust ratio uses the gradient norm
+    and the decay term, ``eta * ||w|| / (||g|| + wd * ||w||)``, and scales ``g + wd * w``
+    before the momentum, with the learning rate inside the momentum.
+
+    ``chain(scale_by_lars(trust_coefficient, weight_decay, eps), scale_by_learning_rate(lr),
+    trace(momentum, nesterov=nesterov))``. (optax's ``lars`` differs: its ratio is
+    ``||w|| / ||g + wd * w||`` and its learning rate is applied after the momentum.)
+    ``nesterov`` is an addition to the paper (torch SGD's Nesterov form).
+
+    Args:
+        lr: global learning rate ``gamma`` or a schedule (default 1.0; the trust
+            coefficient, 1e-3, sets the step's scale).
+        momentum: momentum ``m``, >= 0, or a schedule.
+        weight_decay: the paper's ``beta``.
+        trust_coefficient: the paper's ``eta``.
+        eps: added to the ratio's denominator.
+        nesterov: Nesterov momentum.
+
+    Example:
+        >>> tx = lars(lr=2.0, momentum=0.9, weight_decay=5e-4)
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    return chain(
+        scale_by_lars(trust_coefficient, weight_decay, eps),
+        scale_by_learning_rate(lr),
+        trace(momentum, nesterov=nesterov),
+    )

@@ -1,0 +1,141 @@
+"""Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
+
+The paper's update (Algorithm 2), with ``g`` the gradient::
+
+    c     = b1 * m + (1 - b1) * g
+    param = param - lr * (sign(c) + weight_decay * param)       (decoupled decay)
+    m     = b2 * m + (1 - b2) * g
+
+as ``chain(scale_by_lion(b1, b2), add_decayed_weights(weight_decay),
+scale_by_learning_rate(lr))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import foreach as fe
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.scaling import add_decayed_weights, scale_by_learning_rate
+from functrain.transforms.validation import check_betas, check_nonnegative
+from functrain.tree import TreeInfo
+
+__all__ = ["ScaleByLionState", "lion", "scale_by_lion"]
+
+
+@state_record
+class ScaleByLionState:
+    """State of :func:`scale_by_lion`.
+
+    Attributes:
+        count: number of steps taken (0-d int64).
+        mu: the momentum ``m``, one tensor per leaf.
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    mu: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def scale_by_lion(
+    b1: float = 0.9, b2: float = 0.99, *, maximize: bool = False
+) -> GradientTransformation:
+    """Lion's direction ``sign(b1 * m + (1 - b1) * g)``; then ``m <- b2 * m + (1 - b2) * g``.
+
+    The interpolations are ``lerp(m, g, 1 - b)``. ``sign(0) = 0``.
+
+    Args:
+        b1: interpolation factor of the update, in [0, 1).
+        b2: decay of the momentum, in [0, 1).
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> tx = chain(scale_by_lion(), scale_by_learning_rate(1e-4))
+    """
+    b1, b2 = check_betas((b1, b2))
+    if callable(b1):
+        raise ValueError("betas[0] of Lion must be a number")
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByLionState:
+        device = params[0].device if params else torch.device("cpu")
+        mu = tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params)
+        return ScaleByLionState(
+            torch.zeros((), dtype=torch.int64, device=device), mu, paths=info.paths
+        )
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByLionState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByLionState]:
+        check_state_paths("scale_by_lion", state.paths, info)
+        donate = info.donate
+
+        def group(g: list[Tensor], m: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+            if maximize:
+                g = fe.neg(g)
+            c = fe.lerp(m, g, 1 - b1, False)
+            direction = _sign(c, donate)
+            m = fe.lerp(m, g, 1 - b2, donate)
+            return direction, m
+
+        direction, mu = info.foreach(group, updates, list(state.mu))
+        return direction, ScaleByLionState(state.count + 1, tuple(mu), state.paths)
+
+    name = f"scale_by_lion(b1={b1:g}, b2={b2:g}, maximize={maximize})"
+    return from_flat(FlatTransform(init, update, name=name))
+
+
+def _sign(xs: list[Tensor], inplace: bool) -> list[Tensor]:
+    if inplace:
+        torch._foreach_sign_(xs)
+        return xs
+    return list(torch._foreach_sign(xs))
+
+
+def lion(
+    lr: float | Schedule = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float | Schedule = 0.0,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Lion (Chen et al. 2023) with the paper's decoupled weight decay.
+
+    ``chain(scale_by_lion(*betas, maximize=maximize), add_decayed_weights(weight_decay),
+    scale_by_learning_rate(lr))``: ``param <- param - lr * (sign(b1*m + (1-b1)*g) +
+    weight_decay * param)``, ``m <- b2*m + (1-b2)*g``. The paper suggests a learning rate
+    3-10x smaller and a weight decay 3-10x larger than AdamW's.
+
+    Args:
+        lr: learning rate or schedule (default 1e-4).
+        betas: ``(b1, b2)`` (default ``(0.9, 0.99)``).
+        weight_decay: decoupled decay coefficient (multiplied by ``lr``), or a schedule.
+        maximize: ascend the objective.
+
+    Example:
+        >>> tx = lion(lr=3e-5, weight_decay=0.1)
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    b1, b2 = check_betas(betas)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    return chain(
+        scale_by_lion(b1, b2, maximize=maximize),
+        add_decayed_weights(weight_decay),
+        scale_by_learning_rate(lr),
+    )

@@ -1,0 +1,308 @@
+"""Muon as ``torch.optim.Muon`` computes it, and a router for the leaves Muon does not take.
+
+torch's Muon (Keller Jordan's, with torch's defaults) for a 2-d parameter::
+
+    B     = lerp(B, G, 1 - momentum)                     (an EMA, torch's momentum buffer)
+    M     = lerp(G, B, momentum) if nesterov else B
+    O     = NS_k^{(a,b,c)}(M; eps)                        (Newton-Schulz, in bfloat16)
+    param = param * (1 - lr * weight_decay) - lr * ratio(shape) * O
+
+with ``ratio = sqrt(max(1, A/B))`` (``adjust_lr_fn=None``/``"original"``) or
+``0.2 * sqrt(max(A, B))`` (``"match_rms_adamw"``) for an ``A x B`` parameter. As
+``chain(scale_by_muon(...), scale_by_learning_rate(lr), add_decoupled_decay(lr,
+weight_decay))``.
+
+torch rejects parameters that are not 2-d and tells users to give them to another optimizer
+(AdamW, say). :func:`muon` does the same unless given ``fallback=``: then the leaves Muon
+takes (2-d ones by default, or those a ``mask`` selects) go to Muon and every other leaf to
+``fallback``, through :func:`~functrain.transforms.combinators.partition`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms.adafactor import add_decoupled_decay
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.combinators import partition
+from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
+from functrain.transforms.scaling import scale_by_learning_rate
+from functrain.transforms.validation import check_nonnegative
+from functrain.tree import TreeInfo
+
+__all__ = ["MuonState", "is_matrix", "muon", "newton_schulz", "scale_by_muon"]
+
+# Keller Jordan's constants, as torch.optim.Muon has them.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+EPS = 1e-7
+
+AdjustLr = str | None
+
+
+def newton_schulz(
+    grad: Tensor,
+    ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    ns_steps: int = NS_STEPS,
+    eps: float = EPS,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Tensor:
+    """Approximate orthogonalisation of a 2-d ``grad`` by ``ns_steps`` quintic Newton-Schulz
+    iterations, exactly as torch's ``_zeropower_via_newtonschulz`` (same ops, same order).
+
+    ``X = G / max(||G||_F, eps)`` (transposed when tall), then ``k`` times
+    ``A = X X^T; X = a X + (b A + c A A) X``. The result is ``U S' V^T`` with ``S'`` roughly
+    uniform in (0.5, 1.5) rather than ``U V^T``. ``dtype`` is torch's ``bfloat16`` by
+    default; ``torch.float64`` makes it differentiable to finite-difference precision.
+    Never modifies ``grad``.
+    """
+    a, b, c = ns_coefficients
+    x = grad.to(dtype)
+    tall = grad.size(0) > grad.size(1)
+    if tall:
+        x = x.T
+    # Out of place (torch divides in place into its own copy; same values).
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        gram_update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, gram_update, x, beta=a)
+    return x.T if tall else x
+
+
+def adjusted_ratio(adjust_lr_fn: AdjustLr, shape: Sequence[int]) -> float:
+    """torch's ``_adjust_lr(1.0, adjust_lr_fn, shape)``: the learning-rate factor of a leaf."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return math.sqrt(max(1, rows / cols))
+    return 0.2 * math.sqrt(max(rows, cols))
+
+
+@state_record
+class MuonState:
+    """State of :func:`scale_by_muon`.
+
+    Attributes:
+        count: number of steps taken (0-d int64); a scheduled momentum is evaluated here.
+        momentum: the momentum in force, a 0-d float64 tensor.
+        momentum_buffer: one EMA buffer per leaf (torch's ``momentum_buffer``).
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    momentum: Tensor
+    momentum_buffer: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def _check_ns(
+    ns_coefficients: Any, ns_steps: Any, eps: Any, adjust_lr_fn: Any
+) -> tuple[float, float, float]:
+    if (
+        not isinstance(ns_coefficients, tuple | list)
+        or len(ns_coefficients) != 3
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in ns_coefficients)
+    ):
+        raise ValueError(
+            f"ns_coefficients must be a tuple of exactly 3 numbers, got {ns_coefficients!r}"
+        )
+    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 0 <= ns_steps < 100:
+        raise ValueError(
+            f"Invalid ns_steps: {ns_steps!r}; the number of Newton-Schulz steps must be an "
+            "integer in [0, 100)"
+        )
+    check_nonnegative("eps", eps)
+    if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
+        raise ValueError(
+            f"Invalid adjust_lr_fn: Adjust learning rate function {adjust_lr_fn!r} is not "
+            "supported; use None, 'original' or 'match_rms_adamw'"
+        )
+    return tuple(float(v) for v in ns_coefficients)  # type: ignore[return-value]
+
+
+def scale_by_muon(
+    momentum: float | Schedule = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    eps: float = EPS,
+    ns_steps: int = NS_STEPS,
+    adjust_lr_fn: AdjustLr = None,
+    *,
+    ns_dtype: torch.dtype = torch.bfloat16,
+) -> GradientTransformation:
+    """Muon's direction for 2-d leaves: ``ratio(shape) * NS(momentum(G))``, as torch.
+
+    ``B = lerp(B, G, 1 - momentum)``; ``M = lerp(G, B, momentum)`` with ``nesterov``, else
+    ``B``; the update is ``adjusted_ratio(adjust_lr_fn, shape) * newton_schulz(M)``, cast
+    back to the leaf's dtype (exact from bfloat16). Follow it with
+    ``scale_by_learning_rate(lr)``.
+
+    Every leaf must be 2-d (``init`` raises ``ValueError`` naming the first that is not);
+    use ``muon(..., fallback=...)`` or :func:`~functrain.transforms.combinators.partition`
+    for the others.
+
+    Args:
+        momentum: EMA factor >= 0 (torch's ``momentum``), or a schedule of the step.
+        nesterov: use the Nesterov-style ``lerp(G, B, momentum)``.
+        ns_coefficients: ``(a, b, c)`` of the quintic iteration.
+        eps: lower bound of the Frobenius norm the input is divided by.
+        ns_steps: Newton-Schulz iterations, in ``[0, 100)``.
+        adjust_lr_fn: ``None``/``"original"`` (``sqrt(max(1, A/B))``) or
+            ``"match_rms_adamw"`` (``0.2 * sqrt(max(A, B))``).
+        ns_dtype: dtype of the iteration (torch: bfloat16). ``torch.float64`` or
+            ``torch.float32`` is not torch's arithmetic but makes the update smooth enough
+            to differentiate against finite differences.
+
+    Example:
+        >>> tx = chain(scale_by_muon(), scale_by_learning_rate(0.02))
+    """
+    check_nonnegative("momentum", momentum, allow_schedule=True)
+    coefficients = _check_ns(ns_coefficients, ns_steps, eps, adjust_lr_fn)
+    eps = float(eps)
+
+    def init(params: list[Tensor], info: TreeInfo) -> MuonState:
+        for path, p in zip(info.paths, params, strict=True):
+            if p.dim() != 2:
+                raise ValueError(
+                    f"Muon only supports 2D parameters whereas leaf {path!r} has size "
+                    f"{tuple(p.shape)}; route the other leaves to another transform with "
+                    "muon(..., fallback=adamw(...)) or partition"
+                )
+        device = params[0].device if params else torch.device("cpu")
+        return MuonState(
+            torch.zeros((), dtype=torch.int64, device=device),
+            initial_value(momentum, device),
+            tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params),
+            paths=info.paths,
+        )
+
+    def update(
+        updates: list[Tensor],
+        state: MuonState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], MuonState]:
+        check_state_paths("scale_by_muon", state.paths, info)
+        donate = info.donate
+        mom = value_at(momentum, state.count)
+
+        def group(g: list[Tensor], b: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+            b = _lerp(b, g, 1 - mom, donate)
+            m = _lerp(g, b, mom, False) if nesterov else b
+            o = [newton_schulz(x, coefficients, ns_steps, eps, ns_dtype).to(x.dtype) for x in m]
+            ratios = [adjusted_ratio(adjust_lr_fn, x.shape) for x in o]
+            if any(r != 1.0 for r in ratios):
+                # Shapes are static: a Python list of factors needs no host sync.
+                o = list(torch._foreach_mul(o, ratios))
+            return o, b
+
+        out, buf = info.foreach(group, updates, list(state.momentum_buffer))
+        return out, MuonState(
+            state.count + 1, in_force(momentum, mom, state.momentum), tuple(buf), state.paths
+        )
+
+    name = (
+        f"scale_by_muon(momentum={momentum!r}, nesterov={nesterov}, ns_steps={ns_steps}, "
+        f"adjust_lr_fn={adjust_lr_fn!r})"
+    )
+    return from_flat(FlatTransform(init, update, name=name))
+
+
+def _lerp(
+    xs: list[Tensor], ys: list[Tensor], weight: float | Tensor, inplace: bool
+) -> list[Tensor]:
+    if isinstance(weight, Tensor):
+        # In the leaves' dtype, as torch rounds its Python-float weight.
+        weights: Any = [weight.to(xs[0].dtype)] * len(xs)
+    else:
+        weights = weight
+    if inplace:
+        torch._foreach_lerp_(xs, ys, weights)
+        return xs
+    return list(torch._foreach_lerp(xs, ys, weights))
+
+
+# --- routing -------------------------------------------------------------------------------
+
+Mask = Callable[[str, Tensor], bool]
+
+
+def is_matrix(path: str, leaf: Tensor) -> bool:
+    """The default Muon mask: the leaf is 2-d."""
+    return leaf.dim() == 2
+
+
+# --- the optimizer -------------------------------------------------------------------------
+
+
+def muon(
+    lr: float | Schedule = 1e-3,
+    weight_decay: float | Schedule = 0.1,
+    momentum: float | Schedule = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    eps: float = EPS,
+    ns_steps: int = NS_STEPS,
+    adjust_lr_fn: AdjustLr = None,
+    *,
+    fallback: GradientTransformation | None = None,
+    mask: Mask | None = None,
+    ns_dtype: torch.dtype = torch.bfloat16,
+) -> GradientTransformation:
+    """Muon, as ``torch.optim.Muon``, with an optional fallback for the other leaves.
+
+    ``chain(scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps,
+    adjust_lr_fn), scale_by_learning_rate(lr), add_decoupled_decay(lr, weight_decay))``:
+    ``param <- param * (1 - lr*wd) - lr * ratio(shape) * NS(momentum(G))``.
+
+    Without ``fallback`` every leaf must be 2-d, as in torch. With ``fallback`` it is
+    ``partition({"muon": <the chain above>, "fallback": fallback}, labels)``, the leaves
+    ``mask(path, param)`` selects (default: the 2-d ones) labelled ``"muon"``: those get
+    Muon, all others ``fallback`` (torch's docs recommend AdamW for biases, norms,
+    embeddings and the like). The state is then a
+    :class:`~functrain.transforms.combinators.PartitionState`; its ``inner_states["muon"]``
+    is the chain's state.
+
+    Args:
+        lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+        adjust_lr_fn: as ``torch.optim.Muon`` (``lr``, ``weight_decay`` and ``momentum``
+            may be schedules of the step).
+        fallback: the transform for the leaves Muon does not take.
+        mask: ``(path, param) -> bool`` choosing Muon's leaves (each must be 2-d).
+        ns_dtype: dtype of the Newton-Schulz iteration (torch's bfloat16 by default).
+
+    Example:
+        >>> tx = muon(lr=0.02, fallback=adamw(lr=3e-4, weight_decay=0.01))
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    core = chain(
+        scale_by_muon(
+            momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype=ns_dtype
+        ),
+        scale_by_learning_rate(lr),
+        add_decoupled_decay(lr, weight_decay),
+    )
+    if fallback is None:
+        if mask is not None:
+            raise ValueError("mask selects Muon's leaves among others: it needs a fallback=")
+        return core
+    select = mask or is_matrix
+    return partition(
+        {"muon": core, "fallback": fallback},
+        lambda path, leaf: "muon" if select(path, leaf) else "fallback",
+    )
