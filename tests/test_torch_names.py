@@ -47,3 +47,16 @@ def test_unknown_type_and_argument_are_named_with_suggestions():
         optimizer_from_config(dict(type="SGD", lr=1e-3, momentun=0.9))
     with pytest.raises(ValueError, match="needs a 'type'"):
         optimizer_from_config(dict(lr=1e-3))
+
+
+def test_every_torch_optim_optimizer_has_an_entry():
+    import inspect
+
+    torch_classes = {
+        name
+        for name, obj in vars(torch.optim).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, torch.optim.Optimizer)
+        and obj is not torch.optim.Optimizer
+    }
+    assert torch_classes <= set(TORCH_OPTIMIZERS), sorted(torch_classes - set(TORCH_OPTIMIZERS))

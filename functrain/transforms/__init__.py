@@ -9,6 +9,7 @@ from functrain.transforms.accumulation import (
     multi_steps,
     optimizer_step_schedule,
 )
+from functrain.transforms.adadelta import ScaleByAdadeltaState, adadelta, scale_by_adadelta
 from functrain.transforms.adafactor import (
     DecoupledDecayState,
     FactoredRmsState,
@@ -17,8 +18,16 @@ from functrain.transforms.adafactor import (
     scale_by_factored_rms,
     scale_by_relative_step,
 )
+from functrain.transforms.adagrad import (
+    AdagradLearningRate,
+    ScaleByAdagradState,
+    adagrad,
+    scale_by_adagrad,
+)
 from functrain.transforms.adam import ScaleByAdamState, scale_by_adam, scale_by_adamw
+from functrain.transforms.adamax import ScaleByAdamaxState, adamax, scale_by_adamax
 from functrain.transforms.alias import adam, adamw, sgd
+from functrain.transforms.asgd import ScaleByAsgdState, asgd, asgd_averaged_params, scale_by_asgd
 from functrain.transforms.base import (
     EmptyState,
     FlatTransform,
@@ -63,6 +72,10 @@ from functrain.transforms.multipliers import (
     trainable_parameters,
 )
 from functrain.transforms.muon import MuonState, is_matrix, muon, newton_schulz, scale_by_muon
+from functrain.transforms.nadam import ScaleByNadamState, nadam, scale_by_nadam
+from functrain.transforms.radam import ScaleByRadamState, radam, scale_by_radam
+from functrain.transforms.rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
+from functrain.transforms.rprop import ScaleByRpropState, rprop, scale_by_rprop
 from functrain.transforms.scaling import (
     DecayState,
     LearningRateState,
@@ -89,6 +102,7 @@ from functrain.transforms.torch_names import (
 
 __all__ = [
     "AccumulateState",
+    "AdagradLearningRate",
     "ApplyIfFiniteState",
     "ClipState",
     "DecayState",
@@ -107,21 +121,34 @@ __all__ = [
     "Multiplier",
     "MuonState",
     "PartitionState",
+    "ScaleByAdadeltaState",
+    "ScaleByAdagradState",
     "ScaleByAdamState",
+    "ScaleByAdamaxState",
+    "ScaleByAsgdState",
     "ScaleByLionState",
+    "ScaleByNadamState",
+    "ScaleByRadamState",
     "ScaleByRmsEmaState",
+    "ScaleByRmsState",
+    "ScaleByRpropState",
     "ScheduleFreeState",
     "TORCH_OPTIMIZERS",
     "TraceState",
     "accumulate",
+    "adadelta",
     "adafactor",
+    "adagrad",
     "adam",
+    "adamax",
     "adamw",
     "add_decayed_weights",
     "add_decoupled_decay",
     "apply_gradients",
     "apply_if_finite",
     "apply_updates",
+    "asgd",
+    "asgd_averaged_params",
     "chain",
     "clip",
     "clip_by_value",
@@ -141,22 +168,34 @@ __all__ = [
     "masked",
     "multi_steps",
     "muon",
+    "nadam",
     "named_chain",
     "newton_schulz",
     "optimizer_from_config",
     "optimizer_step_schedule",
     "paramwise_multipliers",
     "partition",
+    "radam",
+    "rmsprop",
+    "rprop",
     "scale",
+    "scale_by_adadelta",
+    "scale_by_adagrad",
     "scale_by_adam",
+    "scale_by_adamax",
     "scale_by_adamw",
+    "scale_by_asgd",
     "scale_by_factored_rms",
     "scale_by_lars",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
+    "scale_by_nadam",
+    "scale_by_radam",
     "scale_by_relative_step",
+    "scale_by_rms",
     "scale_by_rms_ema",
+    "scale_by_rprop",
     "scale_by_schedule_free",
     "scale_by_trust_ratio",
     "scale_loss",

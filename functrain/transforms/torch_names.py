@@ -7,14 +7,22 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from functrain.transforms.adadelta import adadelta
 from functrain.transforms.adafactor import adafactor
+from functrain.transforms.adagrad import adagrad
+from functrain.transforms.adamax import adamax
 from functrain.transforms.alias import adam, adamw, sgd
+from functrain.transforms.asgd import asgd
 from functrain.transforms.base import GradientTransformation
 from functrain.transforms.lamb import lamb
 from functrain.transforms.lars import lars
 from functrain.transforms.lbfgs import lbfgs
 from functrain.transforms.lion import lion
 from functrain.transforms.muon import muon
+from functrain.transforms.nadam import nadam
+from functrain.transforms.radam import radam
+from functrain.transforms.rmsprop import rmsprop
+from functrain.transforms.rprop import rprop
 from functrain.transforms.schedule_free import schedule_free_adamw, schedule_free_sgd
 from functrain.transforms.sparse_adam import sparse_adam
 
@@ -24,6 +32,14 @@ TORCH_OPTIMIZERS: dict[str, Callable[..., GradientTransformation]] = {
     "SGD": sgd,
     "Adam": adam,
     "AdamW": adamw,
+    "Adamax": adamax,
+    "Adagrad": adagrad,
+    "Adadelta": adadelta,
+    "RMSprop": rmsprop,
+    "Rprop": rprop,
+    "ASGD": asgd,
+    "NAdam": nadam,
+    "RAdam": radam,
     "Adafactor": adafactor,
     "Muon": muon,
     "LBFGS": lbfgs,  # needs value_fn= in update (a closure), see functrain.lbfgs

@@ -1,0 +1,199 @@
+"""Adadelta, as ``torch.optim.Adadelta``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import _torch_common as tc
+from functrain.transforms import foreach as fe
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.fusion import Kernel
+from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
+from functrain.transforms.validation import check_nonnegative
+from functrain.tree import TreeInfo
+
+__all__ = ["ScaleByAdadeltaState", "adadelta", "scale_by_adadelta"]
+
+
+@state_record
+class ScaleByAdadeltaState:
+    """State of :func:`scale_by_adadelta`.
+
+    Attributes:
+        count: number of steps taken, a 0-d float32 tensor (torch's ``step``).
+        square_avg: running averages of squared gradients, one tensor per leaf.
+        acc_delta: running averages of squared updates, one per leaf.
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    square_avg: tuple[Tensor, ...]
+    acc_delta: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def check_rho(rho: Any) -> float:
+    """``0 <= rho <= 1``, as torch.optim.Adadelta checks it."""
+    if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 <= rho <= 1.0:
+        raise ValueError(f"Invalid rho value: {rho!r}; rho must be a number in [0, 1]")
+    return float(rho)
+
+
+def scale_by_adadelta(
+    rho: float = 0.9, eps: float = 1e-6, *, maximize: bool = False
+) -> GradientTransformation:
+    """Rescale updates as Adadelta (Zeiler, 2012) does.
+
+    ``v = rho*v + (1-rho)*g**2``; the update is ``d = sqrt(a + eps) / sqrt(v + eps) * g``, and
+    then ``a = rho*a + (1-rho)*d**2``. Follow it with ``scale_by_learning_rate(lr)`` (torch's
+    default lr is 1.0).
+
+    Args:
+        rho: decay rate of both running averages, in [0, 1].
+        eps: added inside both square roots, >= 0.
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> tx = chain(scale_by_adadelta(0.9), scale_by_learning_rate(1.0))
+    """
+    rho = check_rho(rho)
+    check_nonnegative("eps", eps)
+    eps = float(eps)
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdadeltaState:
+        device = tc.device_of(params)
+        return ScaleByAdadeltaState(
+            tc.step_counter(device), tc.zeros(params), tc.zeros(params), paths=info.paths
+        )
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByAdadeltaState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByAdadeltaState]:
+        check_state_paths("scale_by_adadelta", state.paths, info)
+        donate = info.donate
+
+        def group(
+            g: list[Tensor], v: list[Tensor], a: list[Tensor]
+        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+            if maximize:
+                g = tc.neg(g, donate)
+            v = fe.addcmul(fe.mul(v, rho, donate), g, g, 1 - rho, donate)
+            # New buffers: sqrt may run in place on them only where autograd is not watching.
+            std = tc.sqrt(fe.add(v, eps, False), donate)
+            delta = tc.sqrt(fe.add(a, eps, False), donate)
+            delta = fe.mul(fe.div(delta, std, donate), g, donate)
+            a = fe.addcmul(fe.mul(a, rho, donate), delta, delta, 1 - rho, donate)
+            return delta, v, a
+
+        lists = (updates, list(state.square_avg), list(state.acc_delta))
+        direction, square_avg, acc_delta = info.foreach(group, *lists)
+        count = tc.increment(state.count, donate)
+        return direction, ScaleByAdadeltaState(
+            count, tuple(square_avg), tuple(acc_delta), state.paths
+        )
+
+    def fused(
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: ScaleByAdadeltaState,
+        info: TreeInfo,
+        *,
+        lr: float | Tensor,
+        weight_decay: float,
+        decoupled: bool,
+        grad_scale: Tensor | None = None,
+    ) -> tuple[list[Tensor], ScaleByAdadeltaState]:
+        check_state_paths("scale_by_adadelta", state.paths, info)
+        count = tc.increment(state.count, info.donate)
+        bufs = (state.square_avg, state.acc_delta)
+        params, grads, (square_avg, acc_delta) = tc.kernel_inputs(params, grads, bufs, info)
+
+        def group(p: list[Tensor], g: list[Tensor], v: list[Tensor], a: list[Tensor]) -> None:
+            tc.prepare_grads(
+                p,
+                g,
+                grad_scale=grad_scale,
+                maximize=maximize,
+                weight_decay=weight_decay,
+                decoupled=decoupled,
+                lr=lr,
+            )
+            torch._foreach_mul_(v, rho)
+            torch._foreach_addcmul_(v, g, g, 1 - rho)
+            std = torch._foreach_add(v, eps)
+            torch._foreach_sqrt_(std)
+            delta = torch._foreach_add(a, eps)
+            torch._foreach_sqrt_(delta)
+            torch._foreach_div_(delta, std)
+            # g becomes the update: the gradient is not needed any more.
+            torch._foreach_mul_(g, delta)
+            torch._foreach_mul_(a, rho)
+            torch._foreach_addcmul_(a, g, g, 1 - rho)
+            tc.add_scaled_(p, g, -lr)
+
+        tc.per_group(info, group, params, grads, square_avg, acc_delta)
+        return params, ScaleByAdadeltaState(count, tuple(square_avg), tuple(acc_delta), state.paths)
+
+    name = f"scale_by_adadelta(rho={rho:g}, eps={eps:g}, maximize={maximize})"
+    fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
+
+
+def adadelta(
+    lr: float | Schedule = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float | Schedule = 0.0,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Adadelta, as ``torch.optim.Adadelta``: ``weight_decay`` is L2 (added to the gradient).
+
+    ``chain(add_decayed_weights(weight_decay), scale_by_adadelta(rho, eps, maximize=maximize),
+    scale_by_learning_rate(lr))``; with ``maximize`` and a weight decay the gradient is negated
+    first (``scale(-1)``), as torch does. :func:`functrain.apply_gradients` runs the whole
+    chain as one in-place foreach step.
+
+    Args:
+        lr: coefficient that scales delta before it is applied (torch's default 1.0), or a
+            schedule.
+        rho: decay rate of the running averages, in [0, 1].
+        eps: added inside the square roots.
+        weight_decay: L2 coefficient, or a schedule.
+        maximize: ascend the objective.
+
+    Example:
+        >>> tx = adadelta(lr=1.0, rho=0.95)
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    rho = check_rho(rho)
+    check_nonnegative("eps", eps)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    if maximize and weight_decay:
+        return chain(
+            scale(-1.0),
+            add_decayed_weights(weight_decay),
+            scale_by_adadelta(rho, eps),
+            scale_by_learning_rate(lr),
+        )
+    return chain(
+        add_decayed_weights(weight_decay),
+        scale_by_adadelta(rho, eps, maximize=maximize),
+        scale_by_learning_rate(lr),
+    )

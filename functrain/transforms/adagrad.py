@@ -1,0 +1,209 @@
+"""Adagrad, as ``torch.optim.Adagrad`` (with torch's fused CPU/CUDA kernel on the fast path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import _torch_common as tc
+from functrain.transforms import foreach as fe
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.fusion import Kernel
+from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
+from functrain.transforms.validation import check_nonnegative
+from functrain.tree import TreeInfo
+
+__all__ = ["AdagradLearningRate", "ScaleByAdagradState", "adagrad", "scale_by_adagrad"]
+
+
+@state_record
+class ScaleByAdagradState:
+    """State of :func:`scale_by_adagrad`.
+
+    Attributes:
+        count: number of steps taken, a 0-d float32 tensor (torch's ``step``).
+        sum_of_squares: running sums of squared gradients, one tensor per leaf (``sum``).
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    sum_of_squares: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def scale_by_adagrad(
+    eps: float = 1e-10, initial_accumulator_value: float = 0.0, *, maximize: bool = False
+) -> GradientTransformation:
+    """Divide updates by the root of the running sum of squared gradients (Adagrad).
+
+    ``s = s + g**2`` (``s`` starts at ``initial_accumulator_value``); the update is
+    ``g / (sqrt(s) + eps)``. Follow it with ``scale_by_learning_rate`` (see :func:`adagrad`
+    for torch's ``lr_decay``).
+
+    Args:
+        eps: added to the denominator, >= 0.
+        initial_accumulator_value: initial value of ``s``, >= 0.
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> tx = chain(scale_by_adagrad(), scale_by_learning_rate(1e-2))
+    """
+    check_nonnegative("eps", eps)
+    check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+    eps = float(eps)
+    initial = float(initial_accumulator_value)
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdagradState:
+        return ScaleByAdagradState(
+            tc.step_counter(tc.device_of(params)), tc.full(params, initial), paths=info.paths
+        )
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByAdagradState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByAdagradState]:
+        check_state_paths("scale_by_adagrad", state.paths, info)
+        donate = info.donate
+
+        def group(g: list[Tensor], s: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+            if maximize:
+                g = tc.neg(g, donate)
+            s = fe.addcmul(s, g, g, 1.0, donate)
+            std = fe.add(tc.sqrt(s, False), eps, donate)
+            return fe.div(g, std, donate), s
+
+        direction, sums = info.foreach(group, updates, list(state.sum_of_squares))
+        count = tc.increment(state.count, donate)
+        return direction, ScaleByAdagradState(count, tuple(sums), state.paths)
+
+    def fused(
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: ScaleByAdagradState,
+        info: TreeInfo,
+        *,
+        lr: float | Tensor,
+        weight_decay: float,
+        decoupled: bool,
+        grad_scale: Tensor | None = None,
+    ) -> tuple[list[Tensor], ScaleByAdagradState]:
+        check_state_paths("scale_by_adagrad", state.paths, info)
+        count = tc.increment(state.count, info.donate)
+        params, grads, (sums,) = tc.kernel_inputs(params, grads, (state.sum_of_squares,), info)
+
+        def group(p: list[Tensor], g: list[Tensor], s: list[Tensor]) -> None:
+            device = p[0].device
+            # lr_decay is already in ``lr`` (see adagrad): the kernel gets lr_decay=0.
+            torch._fused_adagrad_(
+                p,
+                g,
+                s,
+                [count.to(device)] * len(p),
+                lr=lr.to(device) if isinstance(lr, Tensor) else lr,
+                lr_decay=0.0,
+                weight_decay=weight_decay,
+                eps=eps,
+                maximize=maximize,
+                grad_scale=None if grad_scale is None else grad_scale.to(device),
+                found_inf=None,
+            )
+
+        tc.per_group(info, group, params, grads, sums)
+        return params, ScaleByAdagradState(count, tuple(sums), state.paths)
+
+    name = (
+        f"scale_by_adagrad(eps={eps:g}, initial_accumulator_value={initial:g}, maximize={maximize})"
+    )
+    fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
+
+
+class AdagradLearningRate:
+    """torch's Adagrad step size as a schedule: ``lr(step) / (1 + step * lr_decay)``.
+
+    ``step`` counts the updates applied so far (torch's ``step - 1``). Evaluated by
+    :func:`scale_by_learning_rate`, so the value in force is the decayed one.
+
+    Example:
+        >>> AdagradLearningRate(0.1, 0.5)(torch.tensor(2))
+        tensor(0.0500, dtype=torch.float64)
+    """
+
+    def __init__(self, lr: float | Schedule, lr_decay: float) -> None:
+        self.lr = lr
+        self.lr_decay = float(lr_decay)
+
+    def __call__(self, step: Any) -> Tensor:
+        step = torch.as_tensor(step)
+        # float64, as torch evaluates it in Python floats; (1 + s * d) in torch's order.
+        base = tc.float64(value_at(self.lr, step), step.device)
+        return base / (1 + step.to(torch.float64) * self.lr_decay)
+
+    def __repr__(self) -> str:
+        return f"AdagradLearningRate(lr={tc.name_of(self.lr)}, lr_decay={self.lr_decay:g})"
+
+
+def adagrad(
+    lr: float | Schedule = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float | Schedule = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Adagrad, as ``torch.optim.Adagrad``: ``weight_decay`` is L2 (added to the gradient).
+
+    ``chain(add_decayed_weights(weight_decay), scale_by_adagrad(eps, initial_accumulator_value),
+    scale_by_learning_rate(AdagradLearningRate(lr, lr_decay)))``: torch's step size
+    ``lr / (1 + (step - 1) * lr_decay)`` is linear in ``lr``, so ``lr_decay`` is a schedule
+    of the learning rate (a plain ``lr`` when ``lr_decay == 0``), and the learning rate in force
+    in the state is the decayed one. With ``maximize`` and a weight decay the gradient is
+    negated first (``scale(-1)``), as torch does.
+
+    :func:`functrain.apply_gradients` runs it as torch's fused Adagrad kernel
+    (``torch._fused_adagrad_``, CPU and CUDA), what ``torch.optim.Adagrad(fused=True)`` runs.
+
+    Args:
+        lr: learning rate or schedule (torch's default 1e-2).
+        lr_decay: ``>= 0``; the step size is divided by ``1 + (step - 1) * lr_decay``.
+        weight_decay: L2 coefficient, or a schedule.
+        initial_accumulator_value: initial sum of squares, >= 0.
+        eps: added to the denominator.
+        maximize: ascend the objective.
+
+    Example:
+        >>> tx = adagrad(lr=0.01, lr_decay=1e-4)
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    check_nonnegative("lr_decay", lr_decay)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+    check_nonnegative("eps", eps)
+    learning_rate = lr if lr_decay == 0 else AdagradLearningRate(lr, lr_decay)
+    if maximize and weight_decay:
+        return chain(
+            scale(-1.0),
+            add_decayed_weights(weight_decay),
+            scale_by_adagrad(eps, initial_accumulator_value),
+            scale_by_learning_rate(learning_rate),
+        )
+    return chain(
+        add_decayed_weights(weight_decay),
+        scale_by_adagrad(eps, initial_accumulator_value, maximize=maximize),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,187 @@
+"""Adamax (Adam with an infinity-norm second moment), as ``torch.optim.Adamax``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import _torch_common as tc
+from functrain.transforms import foreach as fe
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.fusion import Kernel
+from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
+from functrain.transforms.validation import check_betas, check_nonnegative
+from functrain.tree import TreeInfo
+
+__all__ = ["ScaleByAdamaxState", "adamax", "scale_by_adamax"]
+
+
+@state_record
+class ScaleByAdamaxState:
+    """State of :func:`scale_by_adamax`.
+
+    Attributes:
+        count: number of steps taken, a 0-d float32 tensor (torch's ``step``).
+        mu: first moments, one tensor per leaf (torch's ``exp_avg``).
+        nu: exponentially weighted infinity norms, one per leaf (``exp_inf``).
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    mu: tuple[Tensor, ...]
+    nu: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def scale_by_adamax(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, maximize: bool = False
+) -> GradientTransformation:
+    """Rescale updates by Adamax's first moment over the infinity norm.
+
+    With ``t`` the step count: ``m = b1*m + (1-b1)*g``, ``u = max(b2*u, |g| + eps)``, and the
+    update is ``m / u / (1 - b1**t)``. Follow it with ``scale_by_learning_rate(lr)``.
+
+    Args:
+        b1, b2: decay rates of the first moment and of the infinity norm, each in [0, 1)
+            (torch's ``betas``).
+        eps: added to ``|g|`` before the maximum, >= 0.
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> tx = chain(scale_by_adamax(0.9, 0.999), scale_by_learning_rate(2e-3))
+    """
+    b1, b2 = check_betas((b1, b2))
+    if not isinstance(b1, float):
+        raise ValueError("scale_by_adamax: betas[0] must be a number, not a schedule")
+    check_nonnegative("eps", eps)
+    eps = float(eps)
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdamaxState:
+        device = tc.device_of(params)
+        return ScaleByAdamaxState(
+            tc.step_counter(device), tc.zeros(params), tc.zeros(params), paths=info.paths
+        )
+
+    def bias_correction(count: Tensor) -> Tensor:
+        # In float64, as torch.optim evaluates it (in Python floats) for every param dtype.
+        return 1 - torch.pow(b1, count.to(torch.float64))
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByAdamaxState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByAdamaxState]:
+        check_state_paths("scale_by_adamax", state.paths, info)
+        donate = info.donate
+        count = tc.increment(state.count, donate)
+        bc1 = bias_correction(count)
+
+        def group(
+            g: list[Tensor], m: list[Tensor], u: list[Tensor]
+        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+            if maximize:
+                g = tc.neg(g, donate)
+            m = fe.lerp(m, g, 1 - b1, donate)
+            # g is not needed after the lerp: |g| + eps may overwrite it when donating.
+            norm = fe.add(tc.abs_(g, donate), eps, donate)
+            u = fe.maximum(fe.mul(u, b2, donate), norm, donate)
+            direction = fe.div(fe.div(m, u, False), bc1, donate)
+            return direction, m, u
+
+        direction, mu, nu = info.foreach(group, updates, list(state.mu), list(state.nu))
+        return direction, ScaleByAdamaxState(count, tuple(mu), tuple(nu), state.paths)
+
+    def fused(
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: ScaleByAdamaxState,
+        info: TreeInfo,
+        *,
+        lr: float | Tensor,
+        weight_decay: float,
+        decoupled: bool,
+        grad_scale: Tensor | None = None,
+    ) -> tuple[list[Tensor], ScaleByAdamaxState]:
+        check_state_paths("scale_by_adamax", state.paths, info)
+        count = tc.increment(state.count, info.donate)
+        step_size = -lr / bias_correction(count)
+        params, grads, (mu, nu) = tc.kernel_inputs(params, grads, (state.mu, state.nu), info)
+
+        def group(p: list[Tensor], g: list[Tensor], m: list[Tensor], u: list[Tensor]) -> None:
+            tc.prepare_grads(
+                p,
+                g,
+                grad_scale=grad_scale,
+                maximize=maximize,
+                weight_decay=weight_decay,
+                decoupled=decoupled,
+                lr=lr,
+            )
+            torch._foreach_lerp_(m, g, 1 - b1)
+            torch._foreach_mul_(u, b2)
+            torch._foreach_abs_(g)
+            torch._foreach_add_(g, eps)
+            torch._foreach_maximum_(u, g)
+            tc.addcdiv_scaled_(p, m, u, step_size)
+
+        tc.per_group(info, group, params, grads, mu, nu)
+        return params, ScaleByAdamaxState(count, tuple(mu), tuple(nu), state.paths)
+
+    name = f"scale_by_adamax(b1={b1:g}, b2={b2:g}, eps={eps:g}, maximize={maximize})"
+    fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
+
+
+def adamax(
+    lr: float | Schedule = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float | Schedule = 0.0,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Adamax, as ``torch.optim.Adamax``: ``weight_decay`` is L2 (added to the gradient).
+
+    ``chain(add_decayed_weights(weight_decay), scale_by_adamax(*betas, eps, maximize=maximize),
+    scale_by_learning_rate(lr))``; with ``maximize`` and a weight decay the gradient is negated
+    first (``scale(-1)``), as torch does. :func:`functrain.apply_gradients` runs the whole chain
+    as one in-place foreach step.
+
+    Args:
+        lr: learning rate or schedule (torch's default 2e-3).
+        betas: ``(beta1, beta2)``, each in [0, 1).
+        eps: added to ``|g|`` before the infinity-norm maximum.
+        weight_decay: L2 coefficient, or a schedule.
+        maximize: ascend the objective.
+
+    Example:
+        >>> tx = adamax(lr=2e-3, weight_decay=1e-4)
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    b1, b2 = check_betas(betas)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    if maximize and weight_decay:
+        return chain(
+            scale(-1.0),
+            add_decayed_weights(weight_decay),
+            scale_by_adamax(b1, b2, eps),
+            scale_by_learning_rate(lr),
+        )
+    return chain(
+        add_decayed_weights(weight_decay),
+        scale_by_adamax(b1, b2, eps, maximize=maximize),
+        scale_by_learning_rate(lr),
+    )

@@ -1,0 +1,326 @@
+"""Averaged SGD, as ``torch.optim.ASGD``, with the averaged parameters kept in the state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optree
+import torch
+from torch import Tensor
+
+from functrain.transforms import _torch_common as tc
+from functrain.transforms import foreach as fe
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    add_updates,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.fusion import Kernel
+from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.scaling import add_decayed_weights, scale
+from functrain.transforms.validation import check_nonnegative
+from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten
+
+__all__ = ["ScaleByAsgdState", "asgd", "asgd_averaged_params", "scale_by_asgd"]
+
+
+@state_record
+class ScaleByAsgdState:
+    """State of :func:`scale_by_asgd` (torch's per-parameter ``step``, ``eta``, ``mu``, ``ax``).
+
+    Attributes:
+        count: number of steps taken, a 0-d float32 tensor (torch's ``step``).
+        eta: the step size the next update uses, a 0-d float32 tensor (torch's ``eta``).
+        mu: the averaging weight the next update uses, a 0-d float32 tensor (``mu``).
+        lr: the learning rate in force (the one the last update used to compute ``eta``;
+            before the first update, the initial one), a 0-d float64 tensor.
+        ax: the averaged parameters, one tensor per leaf (``ax``); see
+            :func:`asgd_averaged_params`.
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    eta: Tensor
+    mu: Tensor
+    lr: Tensor
+    ax: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ValueError(f"Invalid {name}: {value!r}; {name} must be a number")
+    return float(value)
+
+
+def scale_by_asgd(
+    lr: float | Schedule = 1e-2,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """The whole ASGD update (Polyak & Juditsky averaging), as ``torch.optim.ASGD`` computes it.
+
+    With ``eta`` and ``mu`` from the state: ``p' = p * (1 - lambd * eta) - eta * g``, the
+    update is ``p' - p``, and the average moves to ``ax = ax + mu * (p' - ax)`` (``ax = p'``
+    while ``mu == 1``). Then, with ``t`` the step count and ``lr_t`` the learning rate in
+    force, ``eta = lr_t / (1 + lambd * lr_t * t) ** alpha`` and ``mu = 1 / max(1, t - t0)``
+    for the next step (float32 values, as torch stores them).
+
+    ``lr`` enters ``eta`` non-linearly, and the average needs the new parameters, so this
+    transform owns the whole update rather than giving a direction to scale by ``-lr``. It
+    needs the parameters, and must be the last member of a chain (the average assumes the
+    update is applied as returned).
+
+    Args:
+        lr: learning rate, >= 0, or a schedule evaluated at the number of updates applied so
+            far; like torch with a scheduler, step ``t``'s ``eta`` comes from the learning
+            rate in force at step ``t - 1`` (the first step uses the initial one).
+        lambd: decay term (``lambda``).
+        alpha: power for the ``eta`` update.
+        t0: step at which averaging starts.
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> tx = scale_by_asgd(lr=0.01, t0=100)
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    lambd = _number("lambd", lambd)
+    alpha = _number("alpha", alpha)
+    t0 = _number("t0", t0)
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByAsgdState:
+        device = tc.device_of(params)
+        count = tc.step_counter(device)
+        lr0 = tc.evaluate(lr, count)
+        return ScaleByAsgdState(
+            count,
+            eta=lr0.to(torch.float32),
+            mu=torch.ones((), dtype=torch.float32, device=device),
+            lr=lr0,
+            ax=tc.zeros(params),
+            paths=info.paths,
+        )
+
+    def next_state(state: ScaleByAsgdState, count: Tensor, ax: list[Tensor]) -> ScaleByAsgdState:
+        lr_t = value_at(lr, state.count)
+        step = count.to(torch.float64)
+        # torch evaluates these in Python floats, in this order, and stores them as float32.
+        eta = lr_t / torch.pow(1 + lambd * lr_t * step, alpha)
+        mu = 1 / torch.clamp_min(step - t0, 1.0)
+        lr_in_force = lr_t if isinstance(lr_t, Tensor) else state.lr
+        return ScaleByAsgdState(
+            count,
+            eta.to(torch.float32),
+            mu.to(torch.float32),
+            lr_in_force,
+            tuple(ax),
+            state.paths,
+        )
+
+    def averaged(ax: list[Tensor], new_p: list[Tensor], mu: Tensor, donate: bool) -> list[Tensor]:
+        # ax + (p' - ax) * mu, and exactly p' while mu == 1 (torch copies then): scaling ax by
+        # 0 or 1 first makes both cases one formula, with no host sync.
+        keep = (mu != 1).to(mu.dtype)
+        ax = fe.mul(ax, keep, donate)
+        return fe.add(ax, fe.mul(tc.sub(new_p, ax, False), mu, donate), donate)
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByAsgdState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByAsgdState]:
+        check_state_paths("scale_by_asgd", state.paths, info)
+        if params is None:
+            raise ValueError(
+                "scale_by_asgd needs the parameters: call update(updates, state, params)"
+            )
+        donate = info.donate
+        eta = state.eta.to(torch.float64)
+        decay = 1 - lambd * eta
+
+        def group(
+            g: list[Tensor], p: list[Tensor], ax: list[Tensor]
+        ) -> tuple[list[Tensor], list[Tensor]]:
+            if maximize:
+                g = tc.neg(g, donate)
+            new_p = fe.mul(p, decay, False)
+            new_p = tc.addcmul_scalar(new_p, g, -eta, donate)
+            ax = averaged(ax, new_p, state.mu, donate)
+            return tc.sub(new_p, p, donate), ax
+
+        out, ax = info.foreach(group, updates, params, list(state.ax))
+        count = tc.increment(state.count, donate)
+        return out, next_state(state, count, ax)
+
+    def fused(
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: ScaleByAsgdState,
+        info: TreeInfo,
+        *,
+        lr: float | Tensor,
+        weight_decay: float,
+        decoupled: bool,
+        grad_scale: Tensor | None = None,
+    ) -> tuple[list[Tensor], ScaleByAsgdState]:
+        check_state_paths("scale_by_asgd", state.paths, info)
+        if not (isinstance(lr, float) and lr == -1.0):
+            # Something scales the update after this transform: no shortcut for that.
+            return _scaled_step(update, params, grads, state, info, -lr, weight_decay, grad_scale)
+        count = tc.increment(state.count, info.donate)
+        params, grads, (ax,) = tc.kernel_inputs(params, grads, (state.ax,), info)
+        eta = tc.host_scalar(state.eta)
+        mu = tc.host_scalar(state.mu)
+
+        def group(p: list[Tensor], g: list[Tensor], a: list[Tensor]) -> None:
+            tc.prepare_grads(
+                p,
+                g,
+                grad_scale=grad_scale,
+                maximize=maximize,
+                weight_decay=weight_decay,
+                decoupled=False,
+                lr=lr,
+            )
+            if eta is None or mu is None:
+                # Values on an accelerator: the same formulas with device scalars.
+                eta64 = state.eta.to(torch.float64)
+                torch._foreach_mul_(p, (1 - lambd * eta64).to(p[0].dtype))
+                tc.add_scaled_(p, g, -eta64)
+                a[:] = averaged(a, p, state.mu, True)
+                return
+            torch._foreach_mul_(p, 1 - lambd * eta)
+            torch._foreach_add_(p, g, alpha=-eta)
+            if mu != 1:
+                # g is free: it holds (p - ax) * mu.
+                torch._foreach_copy_(g, p)
+                torch._foreach_sub_(g, a)
+                torch._foreach_mul_(g, mu)
+                torch._foreach_add_(a, g)
+            else:
+                torch._foreach_copy_(a, p)
+
+        tc.per_group(info, group, params, grads, ax)
+        return params, next_state(state, count, ax)
+
+    name = (
+        f"scale_by_asgd(lr={tc.name_of(lr)}, lambd={lambd:g}, alpha={alpha:g}, t0={t0:g}, "
+        f"maximize={maximize})"
+    )
+    fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
+
+
+def _scaled_step(
+    update: Any,
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: ScaleByAsgdState,
+    info: TreeInfo,
+    product: float | Tensor,
+    weight_decay: float,
+    grad_scale: Tensor | None,
+) -> tuple[list[Tensor], ScaleByAsgdState]:
+    """``params + product * update(...)`` through the ``update`` path (a fused-path fallback)."""
+    if grad_scale is not None:
+        grads = info.foreach(lambda g: fe.div(g, grad_scale.to(g[0].device), info.donate), grads)
+    if weight_decay:
+        grads = info.foreach(
+            lambda g, p: fe.add(g, p, info.donate, alpha=weight_decay), grads, params
+        )
+    updates, state = update(grads, state, params, info)
+    updates = info.foreach(lambda u: fe.mul(u, product, info.donate), updates)
+    return add_updates(params, updates, info), state
+
+
+def asgd(
+    lr: float | Schedule = 1e-2,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+    weight_decay: float | Schedule = 0.0,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """ASGD, as ``torch.optim.ASGD``: ``weight_decay`` is L2 (added to the gradient).
+
+    ``chain(add_decayed_weights(weight_decay), scale_by_asgd(lr, lambd, alpha, t0,
+    maximize=maximize))``; with ``maximize`` and a weight decay the gradient is negated first
+    (``scale(-1)``), as torch does. ASGD's step size ``eta`` depends non-linearly on ``lr``,
+    so :func:`scale_by_asgd` owns the update (no ``scale_by_learning_rate``). The averaged
+    parameters are in the state: :func:`asgd_averaged_params` returns them as a tree.
+
+    Args:
+        lr: learning rate (torch's default 1e-2), or a schedule.
+        lambd: decay term.
+        alpha: power for the ``eta`` update.
+        t0: point at which to start averaging.
+        weight_decay: L2 coefficient, or a schedule.
+        maximize: ascend the objective.
+
+    Example:
+        >>> tx = asgd(lr=0.01, t0=1000)
+        >>> state = tx.init(params)  # doctest: +SKIP
+        >>> averaged = asgd_averaged_params(state, params)  # doctest: +SKIP
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    negate_first = bool(maximize and weight_decay)
+    return chain(
+        *([scale(-1.0)] if negate_first else []),
+        add_decayed_weights(weight_decay),
+        scale_by_asgd(lr, lambd, alpha, t0, maximize=maximize and not negate_first),
+    )
+
+
+def _find_asgd_states(state: Any) -> list[ScaleByAsgdState]:
+    if isinstance(state, ScaleByAsgdState):
+        return [state]
+    if isinstance(state, tuple | list):
+        return [s for item in state for s in _find_asgd_states(item)]
+    return []
+
+
+def asgd_averaged_params(state: Any, params: PyTree) -> PyTree:
+    """The averaged parameters (torch's ``ax``) of an ASGD state, as a tree shaped like ``params``.
+
+    Args:
+        state: the state of :func:`asgd` or :func:`scale_by_asgd`, or of a chain holding one
+            (searched through nested tuples).
+        params: any tree with the parameters' structure (the current parameters).
+
+    Returns:
+        A tree of the averaged tensors (the state's own tensors, not copies). Before averaging
+        starts (step ``<= t0``) they equal the latest parameters.
+
+    Raises:
+        ValueError: ``state`` holds no ASGD state, or more than one, or was built for other
+            leaves.
+
+    Example:
+        >>> tx = asgd(lr=0.01, t0=0)
+        >>> state = tx.init(params)  # doctest: +SKIP
+        >>> params, state = apply_gradients(tx, params, grads, state)  # doctest: +SKIP
+        >>> averaged = asgd_averaged_params(state, params)  # doctest: +SKIP
+    """
+    found = _find_asgd_states(state)
+    if len(found) != 1:
+        raise ValueError(
+            f"asgd_averaged_params: expected a state holding one ScaleByAsgdState, found "
+            f"{len(found)}"
+        )
+    _, info = flatten(params)
+    check_state_paths("asgd_averaged_params", found[0].paths, info)
+    return optree.tree_unflatten(
+        optree.tree_structure(params, namespace=NAMESPACE), list(found[0].ax)
+    )

@@ -1,0 +1,230 @@
+"""NAdam (Adam with Nesterov momentum and momentum decay), as ``torch.optim.NAdam``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import _torch_common as tc
+from functrain.transforms import foreach as fe
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.fusion import Kernel
+from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
+from functrain.transforms.validation import check_betas, check_nonnegative
+from functrain.tree import TreeInfo
+
+__all__ = ["ScaleByNadamState", "nadam", "scale_by_nadam"]
+
+
+@state_record
+class ScaleByNadamState:
+    """State of :func:`scale_by_nadam`.
+
+    Attributes:
+        count: number of steps taken, a 0-d float32 tensor (torch's ``step``).
+        mu_product: product of the momentum coefficients so far, a 0-d float32 tensor
+            (torch's ``mu_product``, rounded to float32 at every step as torch does).
+        mu: first moments, one tensor per leaf (``exp_avg``).
+        nu: second moments, one per leaf (``exp_avg_sq``).
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    mu_product: Tensor
+    mu: tuple[Tensor, ...]
+    nu: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def scale_by_nadam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    momentum_decay: float = 4e-3,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Rescale updates as NAdam (Dozat, 2016) with torch's momentum-decay schedule.
+
+    With ``t`` the step count: ``mu_t = b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))``,
+    ``P_t = P_{t-1} * mu_t`` (``P_0 = 1``), ``m = b1*m + (1-b1)*g``,
+    ``v = b2*v + (1-b2)*g**2``, ``d = sqrt(v / (1 - b2**t)) + eps``, and the update is
+    ``(1 - mu_t) / (1 - P_t) * g / d + mu_{t+1} / (1 - P_t * mu_{t+1}) * m / d``. Follow it
+    with ``scale_by_learning_rate(lr)``.
+
+    Args:
+        b1, b2: decay rates of the moments, each in [0, 1) (torch's ``betas``).
+        eps: added to the denominator, >= 0.
+        momentum_decay: ``psi``, >= 0.
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> tx = chain(scale_by_nadam(), scale_by_learning_rate(2e-3))
+    """
+    b1, b2 = check_betas((b1, b2))
+    if not isinstance(b1, float):
+        raise ValueError("scale_by_nadam: betas[0] must be a number, not a schedule")
+    check_nonnegative("eps", eps)
+    check_nonnegative("momentum_decay", momentum_decay)
+    eps, momentum_decay = float(eps), float(momentum_decay)
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByNadamState:
+        device = tc.device_of(params)
+        return ScaleByNadamState(
+            tc.step_counter(device),
+            torch.ones((), dtype=torch.float32, device=device),
+            tc.zeros(params),
+            tc.zeros(params),
+            paths=info.paths,
+        )
+
+    def scalars(state: ScaleByNadamState, donate: bool) -> tuple[Tensor, ...]:
+        """count, mu_product, 1 - b2**t, and the coefficients of g/d and m/d (float64)."""
+        count = tc.increment(state.count, donate)
+        t = count.to(torch.float64)
+        bc2 = 1 - torch.pow(b2, t)
+        mu = b1 * (1.0 - 0.5 * torch.pow(0.96, t * momentum_decay))
+        mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1) * momentum_decay))
+        # torch multiplies its float32 mu_product in place by the (float32-rounded) mu.
+        mu32 = mu.to(torch.float32)
+        mu_product = state.mu_product.mul_(mu32) if donate else state.mu_product * mu32
+        product = mu_product.to(torch.float64)
+        coef_grad = (1.0 - mu) / (1.0 - product)
+        coef_avg = mu_next / (1.0 - product * mu_next)
+        return count, mu_product, bc2, coef_grad, coef_avg, mu, mu_next, product
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByNadamState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByNadamState]:
+        check_state_paths("scale_by_nadam", state.paths, info)
+        donate = info.donate
+        count, mu_product, bc2, coef_grad, coef_avg, *_ = scalars(state, donate)
+
+        def group(
+            g: list[Tensor], m: list[Tensor], v: list[Tensor]
+        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+            if maximize:
+                g = tc.neg(g, donate)
+            m = fe.lerp(m, g, 1 - b1, donate)
+            v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
+            denom = fe.add(tc.sqrt(fe.div(v, bc2, False), donate), eps, donate)
+            direction = tc.addcmul_scalar(fe.mul(g, coef_grad, donate), m, coef_avg, donate)
+            return fe.div(direction, denom, donate), m, v
+
+        direction, mu, nu = info.foreach(group, updates, list(state.mu), list(state.nu))
+        return direction, ScaleByNadamState(count, mu_product, tuple(mu), tuple(nu), state.paths)
+
+    def fused(
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: ScaleByNadamState,
+        info: TreeInfo,
+        *,
+        lr: float | Tensor,
+        weight_decay: float,
+        decoupled: bool,
+        grad_scale: Tensor | None = None,
+    ) -> tuple[list[Tensor], ScaleByNadamState]:
+        check_state_paths("scale_by_nadam", state.paths, info)
+        count, mu_product, bc2, _, _, mu, mu_next, product = scalars(state, info.donate)
+        # torch's step sizes, in its order of operations.
+        step_grad = -lr * (1.0 - mu) / (1.0 - product)
+        step_avg = (-lr * mu_next) / (1.0 - product * mu_next)
+        bc2_host = tc.host_scalar(bc2)
+        params, grads, (m_all, v_all) = tc.kernel_inputs(params, grads, (state.mu, state.nu), info)
+
+        def group(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> None:
+            tc.prepare_grads(
+                p,
+                g,
+                grad_scale=grad_scale,
+                maximize=maximize,
+                weight_decay=weight_decay,
+                decoupled=decoupled,
+                lr=lr,
+            )
+            torch._foreach_lerp_(m, g, 1 - b1)
+            torch._foreach_mul_(v, b2)
+            torch._foreach_addcmul_(v, g, g, 1 - b2)
+            denom = fe.div(v, bc2 if bc2_host is None else bc2_host, False)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+            tc.addcdiv_scaled_(p, g, denom, step_grad)
+            tc.addcdiv_scaled_(p, m, denom, step_avg)
+
+        tc.per_group(info, group, params, grads, m_all, v_all)
+        return params, ScaleByNadamState(count, mu_product, tuple(m_all), tuple(v_all), state.paths)
+
+    name = (
+        f"scale_by_nadam(b1={b1:g}, b2={b2:g}, eps={eps:g}, momentum_decay={momentum_decay:g}, "
+        f"maximize={maximize})"
+    )
+    return from_flat(FlatTransform(init, update, name=name, fusion=Kernel(fused)))
+
+
+def nadam(
+    lr: float | Schedule = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float | Schedule = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """NAdam, as ``torch.optim.NAdam``.
+
+    ``chain(add_decayed_weights(weight_decay), scale_by_nadam(*betas, eps, momentum_decay),
+    scale_by_learning_rate(lr))`` (L2 decay added to the gradient; with ``maximize`` the
+    gradient is negated first, by ``scale(-1)`` when there is a decay). With
+    ``decoupled_weight_decay`` (NAdamW) the decay follows the direction instead:
+    ``chain(scale_by_nadam(...), add_decayed_weights(weight_decay),
+    scale_by_learning_rate(lr))``, i.e. ``p <- p - lr * (direction + weight_decay * p)``,
+    which is torch's ``p *= 1 - lr * weight_decay`` before the step.
+
+    :func:`functrain.apply_gradients` runs the whole chain as one in-place foreach step in
+    torch's order of operations.
+
+    Args:
+        lr: learning rate or schedule (torch's default 2e-3).
+        betas: ``(beta1, beta2)``, each in [0, 1).
+        eps: added to the denominator.
+        weight_decay: decay coefficient, or a schedule.
+        momentum_decay: momentum decay ``psi``.
+        decoupled_weight_decay: AdamW-style decay instead of L2.
+        maximize: ascend the objective.
+
+    Example:
+        >>> tx = nadam(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True)
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    b1, b2 = check_betas(betas)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    if decoupled_weight_decay:
+        return chain(
+            scale_by_nadam(b1, b2, eps, momentum_decay, maximize=maximize),
+            add_decayed_weights(weight_decay),
+            scale_by_learning_rate(lr),
+        )
+    negate_first = bool(maximize and weight_decay)
+    return chain(
+        *([scale(-1.0)] if negate_first else []),
+        add_decayed_weights(weight_decay),
+        scale_by_nadam(b1, b2, eps, momentum_decay, maximize=maximize and not negate_first),
+        scale_by_learning_rate(lr),
+    )

@@ -1,0 +1,229 @@
+"""RAdam (rectified Adam), as ``torch.optim.RAdam``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import _torch_common as tc
+from functrain.transforms import foreach as fe
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    chain,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.fusion import Kernel
+from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
+from functrain.transforms.validation import check_betas, check_nonnegative
+from functrain.tree import TreeInfo
+
+__all__ = ["ScaleByRadamState", "radam", "scale_by_radam"]
+
+
+@state_record
+class ScaleByRadamState:
+    """State of :func:`scale_by_radam`.
+
+    Attributes:
+        count: number of steps taken, a 0-d float32 tensor (torch's ``step``).
+        mu: first moments, one tensor per leaf (``exp_avg``).
+        nu: second moments, one per leaf (``exp_avg_sq``).
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    mu: tuple[Tensor, ...]
+    nu: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def scale_by_radam(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, maximize: bool = False
+) -> GradientTransformation:
+    """Rescale updates as RAdam (Liu et al., 2019), as torch computes it.
+
+    With ``t`` the step count, ``m`` and ``v`` Adam's moments, ``rho_inf = 2/(1-b2) - 1`` and
+    ``rho_t = rho_inf - 2 t b2**t / (1 - b2**t)``: the update is ``m / (1 - b1**t)`` while
+    ``rho_t <= 5``, and afterwards
+    ``m / (1 - b1**t) * r_t * sqrt(1 - b2**t) / (sqrt(v) + eps)`` with the rectification
+    ``r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``. Follow it with
+    ``scale_by_learning_rate(lr)``.
+
+    The branch depends on the step count only: it is taken on the device, as a blend of the
+    two forms with a 0/1 weight (no host sync).
+
+    Args:
+        b1, b2: decay rates of the moments, each in [0, 1) (torch's ``betas``).
+        eps: added to the denominator, >= 0.
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> tx = chain(scale_by_radam(), scale_by_learning_rate(1e-3))
+    """
+    b1, b2 = check_betas((b1, b2))
+    if not isinstance(b1, float):
+        raise ValueError("scale_by_radam: betas[0] must be a number, not a schedule")
+    check_nonnegative("eps", eps)
+    eps = float(eps)
+    rho_inf = 2 / (1 - b2) - 1
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByRadamState:
+        device = tc.device_of(params)
+        return ScaleByRadamState(
+            tc.step_counter(device), tc.zeros(params), tc.zeros(params), paths=info.paths
+        )
+
+    def scalars(count: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``1 - b1**t``, the 0/1 rectification flag, and ``sqrt(1 - b2**t) * r_t`` (1 when not
+        rectified), in float64 and in torch's order of operations."""
+        t = count.to(torch.float64)
+        bc1 = 1 - torch.pow(b1, t)
+        bc2 = 1 - torch.pow(b2, t)
+        rho_t = rho_inf - 2 * t * torch.pow(b2, t) / bc2
+        rectified = rho_t > 5.0
+        rect = torch.pow(
+            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t), 0.5
+        )
+        # where, not a product: rect is NaN or inf before rectification starts (or never does).
+        scale_num = torch.where(rectified, torch.pow(bc2, 0.5) * rect, 1.0)
+        return bc1, rectified.to(torch.float64), scale_num, rectified
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByRadamState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByRadamState]:
+        check_state_paths("scale_by_radam", state.paths, info)
+        donate = info.donate
+        count = tc.increment(state.count, donate)
+        bc1, on, scale_num, _ = scalars(count)
+
+        def group(
+            g: list[Tensor], m: list[Tensor], v: list[Tensor]
+        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+            if maximize:
+                g = tc.neg(g, donate)
+            m = fe.lerp(m, g, 1 - b1, donate)
+            v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
+            # (sqrt(v) + eps) when rectified, else 1: sqrt(v) * on + (eps * on + 1 - on).
+            denom = fe.mul(tc.sqrt(v, False), on, donate)
+            denom = tc.add_scalar(denom, eps * on + (1 - on), donate)
+            direction = fe.mul(fe.div(m, bc1, False), scale_num, donate)
+            return fe.div(direction, denom, donate), m, v
+
+        direction, mu, nu = info.foreach(group, updates, list(state.mu), list(state.nu))
+        return direction, ScaleByRadamState(count, tuple(mu), tuple(nu), state.paths)
+
+    def fused(
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: ScaleByRadamState,
+        info: TreeInfo,
+        *,
+        lr: float | Tensor,
+        weight_decay: float,
+        decoupled: bool,
+        grad_scale: Tensor | None = None,
+    ) -> tuple[list[Tensor], ScaleByRadamState]:
+        check_state_paths("scale_by_radam", state.paths, info)
+        count = tc.increment(state.count, info.donate)
+        bc1, on, scale_num, rectified = scalars(count)
+        step_size = -lr * scale_num / bc1
+        # On the CPU the flag is a host value already: skip the unused branch's passes.
+        flag = tc.host_scalar(on)
+        params, grads, (m_all, v_all) = tc.kernel_inputs(params, grads, (state.mu, state.nu), info)
+
+        def group(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> None:
+            tc.prepare_grads(
+                p,
+                g,
+                grad_scale=grad_scale,
+                maximize=maximize,
+                weight_decay=weight_decay,
+                decoupled=decoupled,
+                lr=lr,
+            )
+            torch._foreach_lerp_(m, g, 1 - b1)
+            torch._foreach_mul_(v, b2)
+            torch._foreach_addcmul_(v, g, g, 1 - b2)
+            if flag == 0.0:
+                # Unrectified, the step is SGD-sized (not normalised), so it follows torch's
+                # roundings: p - (m / bc1) * lr. g is free: it holds the product.
+                torch._foreach_copy_(g, m)
+                torch._foreach_div_(g, tc.host_scalar(bc1))
+                torch._foreach_mul_(g, tc.host_scalar(lr))
+                torch._foreach_sub_(p, g)
+                return
+            # g is free: it holds the denominator.
+            torch._foreach_copy_(g, v)
+            torch._foreach_sqrt_(g)
+            if flag is None:
+                torch._foreach_mul_(g, on.to(g[0].dtype))
+                tc.add_scalar(g, eps * on + (1 - on), True)
+            else:
+                torch._foreach_add_(g, eps)
+            tc.addcdiv_scaled_(p, m, g, step_size)
+
+        tc.per_group(info, group, params, grads, m_all, v_all)
+        return params, ScaleByRadamState(count, tuple(m_all), tuple(v_all), state.paths)
+
+    name = f"scale_by_radam(b1={b1:g}, b2={b2:g}, eps={eps:g}, maximize={maximize})"
+    return from_flat(FlatTransform(init, update, name=name, fusion=Kernel(fused)))
+
+
+def radam(
+    lr: float | Schedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float | Schedule = 0.0,
+    decoupled_weight_decay: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """RAdam, as ``torch.optim.RAdam``.
+
+    ``chain(add_decayed_weights(weight_decay), scale_by_radam(*betas, eps),
+    scale_by_learning_rate(lr))`` (L2 decay added to the gradient; with ``maximize`` the
+    gradient is negated first, by ``scale(-1)`` when there is a decay). With
+    ``decoupled_weight_decay`` the decay follows the direction instead:
+    ``chain(scale_by_radam(...), add_decayed_weights(weight_decay),
+    scale_by_learning_rate(lr))``, which is torch's ``p *= 1 - lr * weight_decay``.
+
+    :func:`functrain.apply_gradients` runs the whole chain as one in-place foreach step.
+
+    Args:
+        lr: learning rate or schedule (torch's default 1e-3).
+        betas: ``(beta1, beta2)``, each in [0, 1).
+        eps: added to the denominator.
+        weight_decay: decay coefficient, or a schedule.
+        decoupled_weight_decay: AdamW-style decay instead of L2.
+        maximize: ascend the objective.
+
+    Example:
+        >>> tx = radam(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    b1, b2 = check_betas(betas)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    if decoupled_weight_decay:
+        return chain(
+            scale_by_radam(b1, b2, eps, maximize=maximize),
+            add_decayed_weights(weight_decay),
+            scale_by_learning_rate(lr),
+        )
+    negate_first = bool(maximize and weight_decay)
+    return chain(
+        *([scale(-1.0)] if negate_first else []),
+        add_decayed_weights(weight_decay),
+        scale_by_radam(b1, b2, eps, maximize=maximize and not negate_first),
+        scale_by_learning_rate(lr),
+    )

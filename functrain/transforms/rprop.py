@@ -1,0 +1,235 @@
+"""Rprop (resilient backpropagation), as ``torch.optim.Rprop``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import _torch_common as tc
+from functrain.transforms.adam import check_state_paths
+from functrain.transforms.base import (
+    FlatTransform,
+    GradientTransformation,
+    from_flat,
+    state_record,
+    static_field,
+)
+from functrain.transforms.fusion import Kernel
+from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.validation import check_nonnegative, is_schedule
+from functrain.tree import TreeInfo
+
+__all__ = ["ScaleByRpropState", "rprop", "scale_by_rprop"]
+
+
+@state_record
+class ScaleByRpropState:
+    """State of :func:`scale_by_rprop`.
+
+    Attributes:
+        count: number of steps taken, a 0-d float32 tensor (torch's ``step``).
+        prev: the previous (gated) gradients, one tensor per leaf (torch's ``prev``).
+        step_size: the per-element step sizes in force, one per leaf (``step_size``).
+        paths: dotted leaf paths the state was built for (static).
+    """
+
+    count: Tensor
+    prev: tuple[Tensor, ...]
+    step_size: tuple[Tensor, ...]
+    paths: tuple[str, ...] = static_field()
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_etas(etas: Any) -> tuple[float, float]:
+    """``0 < etas[0] < 1 < etas[1]``, as torch.optim.Rprop checks them."""
+    if not isinstance(etas, tuple | list) or len(etas) != 2:
+        raise ValueError(f"etas must be a pair (etaminus, etaplus), got {etas!r}")
+    minus, plus = _number("etas[0]", etas[0]), _number("etas[1]", etas[1])
+    if not 0.0 < minus < 1.0 < plus:
+        raise ValueError(
+            f"Invalid eta values: {etas[0]}, {etas[1]}; etas must satisfy 0 < etas[0] < 1 < etas[1]"
+        )
+    return minus, plus
+
+
+def check_step_sizes(step_sizes: Any) -> tuple[float, float]:
+    """A pair ``0 <= min <= max`` (torch does not check it; a reversed pair would clamp every
+    step size to ``max``)."""
+    if not isinstance(step_sizes, tuple | list) or len(step_sizes) != 2:
+        raise ValueError(f"step_sizes must be a pair (min, max), got {step_sizes!r}")
+    low, high = _number("step_sizes[0]", step_sizes[0]), _number("step_sizes[1]", step_sizes[1])
+    if not 0.0 <= low <= high:
+        raise ValueError(
+            f"Invalid step_sizes: {step_sizes!r}; need 0 <= step_sizes[0] <= step_sizes[1]"
+        )
+    return low, high
+
+
+def scale_by_rprop(
+    lr: float | Schedule = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50.0),
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """The whole Rprop update: a per-element step size driven by gradient signs.
+
+    With ``s = sign(g * prev)``: the step size is multiplied by ``etas[1]`` where ``s > 0``,
+    by ``etas[0]`` where ``s < 0`` and kept where ``s == 0``, then clamped to
+    ``step_sizes``; the gradient is zeroed where ``s < 0``; the update is
+    ``-sign(g) * step_size`` and ``prev`` becomes the (zeroed) gradient.
+
+    The update already carries its sign and size (the learning rate is only the initial step
+    size), so this transform is the whole optimizer, not a direction to scale by ``-lr``;
+    chain gradient transforms before it, not after.
+
+    Args:
+        lr: initial step size, >= 0. A schedule is evaluated once, at step 0, as torch reads
+            ``lr`` only when it creates the state.
+        etas: ``(etaminus, etaplus)`` with ``0 < etaminus < 1 < etaplus``.
+        step_sizes: ``(min, max)`` bounds of the step size.
+        maximize: ascend: the incoming gradients are negated first.
+
+    Example:
+        >>> tx = scale_by_rprop(lr=0.01, etas=(0.5, 1.2))
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    etaminus, etaplus = check_etas(etas)
+    low, high = check_step_sizes(step_sizes)
+
+    def init(params: list[Tensor], info: TreeInfo) -> ScaleByRpropState:
+        device = tc.device_of(params)
+        count = tc.step_counter(device)
+        initial = lr
+        if is_schedule(lr):
+            # torch sizes the first steps with the lr in force when the state is created.
+            initial = float(value_at(lr, torch.zeros((), dtype=torch.int64)))
+        return ScaleByRpropState(count, tc.zeros(params), tc.full(params, initial), info.paths)
+
+    def factors(prod: Tensor) -> tuple[Tensor, Tensor]:
+        # torch's sign -> {etaplus, etaminus, 1} map, exact values in the leaf's dtype; no
+        # foreach op selects, so this is per leaf.
+        shrink = prod < 0
+        one = torch.ones((), dtype=prod.dtype, device=prod.device)
+        factor = torch.where(prod > 0, etaplus, torch.where(shrink, etaminus, one))
+        return factor, shrink
+
+    def gated(
+        g: list[Tensor], prev: list[Tensor], size: list[Tensor], donate: bool
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """New step sizes and gradients zeroed where the sign flipped (torch's ``prev``)."""
+        prods = list(torch._foreach_mul(g, prev))
+        new_size, new_g = [], []
+        for prod, grad, s in zip(prods, g, size, strict=True):
+            factor, shrink = factors(prod)
+            s = s.mul_(factor) if donate else s * factor
+            new_size.append(s.clamp_(low, high) if donate else s.clamp(low, high))
+            new_g.append(grad.masked_fill_(shrink, 0) if donate else grad.masked_fill(shrink, 0))
+        return new_size, new_g
+
+    def update(
+        updates: list[Tensor],
+        state: ScaleByRpropState,
+        params: list[Tensor] | None,
+        info: TreeInfo,
+        **extra: Any,
+    ) -> tuple[list[Tensor], ScaleByRpropState]:
+        check_state_paths("scale_by_rprop", state.paths, info)
+        donate = info.donate
+
+        def group(
+            g: list[Tensor], prev: list[Tensor], size: list[Tensor]
+        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+            if maximize:
+                g = tc.neg(g, donate)
+            size, g = gated(g, prev, size, donate)
+            # The old prev buffer is free once the products are taken: it holds the update.
+            signs = prev if donate else list(torch._foreach_sign(g))
+            if donate:
+                torch._foreach_copy_(signs, g)
+                torch._foreach_sign_(signs)
+            return tc.neg(tc.mul_list(signs, size, donate), donate), g, size
+
+        lists = (updates, list(state.prev), list(state.step_size))
+        out, prev, size = info.foreach(group, *lists)
+        count = tc.increment(state.count, donate)
+        return out, ScaleByRpropState(count, tuple(prev), tuple(size), state.paths)
+
+    def fused(
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: ScaleByRpropState,
+        info: TreeInfo,
+        *,
+        lr: float | Tensor,
+        weight_decay: float,
+        decoupled: bool,
+        grad_scale: Tensor | None = None,
+    ) -> tuple[list[Tensor], ScaleByRpropState]:
+        check_state_paths("scale_by_rprop", state.paths, info)
+        count = tc.increment(state.count, info.donate)
+        bufs = (state.prev, state.step_size)
+        params, grads, (prev, size) = tc.kernel_inputs(params, grads, bufs, info)
+
+        def group(p: list[Tensor], g: list[Tensor], old: list[Tensor], s: list[Tensor]) -> None:
+            tc.prepare_grads(
+                p,
+                g,
+                grad_scale=grad_scale,
+                maximize=maximize,
+                weight_decay=0.0,
+                decoupled=False,
+                lr=lr,
+            )
+            gated(g, old, s, True)  # in place: s and g become the new sizes and prev
+            # The old prev buffer is free once the products are taken: it holds the signs.
+            torch._foreach_copy_(old, g)
+            torch._foreach_sign_(old)
+            # params + product * (-sign * size), where lr = -product.
+            tc.addcmul_scaled_(p, old, s, lr)
+
+        tc.per_group(info, group, params, grads, prev, size)
+        # The (copied or donated) gradient buffers hold the new prev.
+        return params, ScaleByRpropState(count, tuple(grads), tuple(size), state.paths)
+
+    name = (
+        f"scale_by_rprop(lr={tc.name_of(lr)}, etas=({etaminus:g}, {etaplus:g}), "
+        f"step_sizes=({low:g}, {high:g}), maximize={maximize})"
+    )
+    # No weight decay to fold: torch's Rprop has none.
+    fusion = Kernel(fused, coupled_decay=False, decoupled_decay=False, maximize=maximize)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
+
+
+def rprop(
+    lr: float | Schedule = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50.0),
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Rprop, as ``torch.optim.Rprop``: :func:`scale_by_rprop`, which owns the whole update.
+
+    Rprop's step is ``-sign(g) * step_size`` with per-element step sizes adapted from the signs
+    of successive gradients; ``lr`` is only the initial step size, so there is no
+    ``scale_by_learning_rate`` to factor out. :func:`functrain.apply_gradients` writes the
+    step straight into the parameters.
+
+    Args:
+        lr: initial step size (torch's default 1e-2); a schedule is read at step 0 only.
+        etas: ``(etaminus, etaplus)``, multiplicative decrease and increase factors,
+            ``0 < etaminus < 1 < etaplus``.
+        step_sizes: ``(min, max)`` allowed step sizes.
+        maximize: ascend the objective.
+
+    Example:
+        >>> tx = rprop(lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50))
+    """
+    return scale_by_rprop(lr, etas, step_sizes, maximize=maximize)
