@@ -80,14 +80,6 @@ def sub(xs: list[Tensor], ys: list[Tensor], inplace: bool) -> list[Tensor]:
     return list(torch._foreach_sub(xs, ys))
 
 
-def mul_list(xs: list[Tensor], ys: list[Tensor], inplace: bool) -> list[Tensor]:
-    """Elementwise ``xs * ys``."""
-    if inplace:
-        torch._foreach_mul_(xs, ys)
-        return xs
-    return list(torch._foreach_mul(xs, ys))
-
-
 def addcmul_scalar(xs: list[Tensor], a: list[Tensor], b: Tensor, inplace: bool) -> list[Tensor]:
     """``xs + a * b`` for a 0-d tensor ``b`` (a list of it: torch has no TensorList x Tensor
     addcmul, and autograd needs the list form anyway)."""

@@ -78,28 +78,6 @@ def per_leaf(values: Tensor, like: list[Tensor]) -> list[Tensor]:
     return list(values.to(like[0].dtype).unbind()) if like else []
 
 
-def mul_per_leaf(xs: list[Tensor], scalars: list[Tensor], inplace: bool) -> list[Tensor]:
-    if inplace:
-        torch._foreach_mul_(xs, scalars)
-        return xs
-    return list(torch._foreach_mul(xs, scalars))
-
-
-def div_per_leaf(xs: list[Tensor], scalars: list[Tensor], inplace: bool) -> list[Tensor]:
-    if inplace:
-        torch._foreach_div_(xs, scalars)
-        return xs
-    return list(torch._foreach_div(xs, scalars))
-
-
-def mul_lists(xs: list[Tensor], ys: list[Tensor], inplace: bool) -> list[Tensor]:
-    """Elementwise ``xs * ys``."""
-    if inplace:
-        torch._foreach_mul_(xs, ys)
-        return xs
-    return list(torch._foreach_mul(xs, ys))
-
-
 def sqrt_numels(xs: list[Tensor]) -> Tensor:
     """``numel ** 0.5`` per leaf in float64, as torch's Adafactor computes it (in Python
     floats). Cached per (numels, device): building it each step would be a host-to-device
@@ -241,12 +219,12 @@ def scale_by_factored_rms(
                 row_var_means = torch._foreach_clamp_min(
                     [ri.mean(dim=-2, keepdim=True) for ri in r], eps1
                 )
-                est = div_per_leaf(est, list(row_var_means), donate)
+                est = fe.div(est, list(row_var_means), donate)
                 for j, i in enumerate(fac):
                     new_rows[i], new_cols[i], estimates[i] = r[j], c[j], est[j]
             if vec:
                 gv = [g[i] for i in vec]
-                v = _lerp([variances[i] for i in vec], mul_lists(gv, gv, False), w, donate)
+                v = _lerp([variances[i] for i in vec], fe.mul(gv, gv, False), w, donate)
                 for j, i in enumerate(vec):
                     new_vars[i], estimates[i] = v[j], v[j]
             # eps1 is squared because the root is taken next (torch's comment).
@@ -261,9 +239,9 @@ def scale_by_factored_rms(
                 for j, i in enumerate(vec):
                     u[i] = est[j]
             u = _rsqrt(u, donate)
-            u = mul_lists(u, g, donate)
+            u = fe.mul(u, g, donate)
             denom = torch.clamp_min(leaf_norms(u) / (sqrt_numels(u) * d), 1.0)
-            u = div_per_leaf(u, per_leaf(denom, u), donate)
+            u = fe.div(u, per_leaf(denom, u), donate)
             return u, new_rows, new_cols, new_vars
 
         u, rows, cols, variances = info.foreach(
@@ -364,7 +342,7 @@ def scale_by_relative_step(
             lr_mult = info.group_multipliers(g)[0]
             rho = torch.minimum(lr * lr_mult if lr_mult != 1.0 else lr, inv_sqrt_t)
             alpha = torch.clamp_min(leaf_norms(p) / sqrt_numels(p), eps) * rho
-            return mul_per_leaf(u, per_leaf(-alpha, u), info.donate)
+            return fe.mul(u, per_leaf(-alpha, u), info.donate)
 
         out = info.foreach(group, updates, params, with_group=True)
         return out, LearningRateState(state.count + 1, lr)

@@ -35,9 +35,10 @@ def _scalar_arg(xs: Sequence[Tensor], y: Scalar) -> Scalar | list[Tensor]:
     return y
 
 
-def mul(xs: list[Tensor], y: Scalar, inplace: bool) -> list[Tensor]:
-    """``xs * y`` for a float or 0-d tensor ``y``."""
-    y = _scalar_arg(xs, y)
+def mul(xs: list[Tensor], y: Scalar | list[Tensor], inplace: bool) -> list[Tensor]:
+    """``xs * y`` for a float, 0-d tensor or list ``y`` (one tensor per leaf)."""
+    if not isinstance(y, list):
+        y = _scalar_arg(xs, y)
     if inplace:
         torch._foreach_mul_(xs, y)
         return xs

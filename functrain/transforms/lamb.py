@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from functrain.transforms.adafactor import leaf_norms, mul_per_leaf, per_leaf
+from functrain.transforms import foreach as fe
+from functrain.transforms.adafactor import leaf_norms, per_leaf
 from functrain.transforms.adam import scale_by_adam
 from functrain.transforms.base import (
     EmptyState,
@@ -87,7 +88,7 @@ def scale_by_trust_ratio(
             update_norm = torch.clamp_min(leaf_norms(u), min_norm)
             zero = (param_norm == 0) | (update_norm == 0)
             ratio = safe_ratio(trust_coefficient * param_norm, update_norm + eps, zero)
-            return mul_per_leaf(u, per_leaf(ratio, u), info.donate)
+            return fe.mul(u, per_leaf(ratio, u), info.donate)
 
         return info.foreach(group, updates, params), state
 

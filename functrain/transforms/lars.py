@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
-from functrain.transforms.adafactor import leaf_norms, mul_per_leaf, per_leaf
+from functrain.transforms.adafactor import leaf_norms, per_leaf
 from functrain.transforms.base import (
     EmptyState,
     FlatTransform,
@@ -84,7 +84,7 @@ def scale_by_lars(
             zero = (param_norm == 0) | (grad_norm == 0)
             ratio = safe_ratio(eta * param_norm, grad_norm + wd * param_norm + eps, zero)
             u = fe.add(g, p, False, alpha=wd) if wd else g
-            return mul_per_leaf(u, per_leaf(ratio, u), info.donate)
+            return fe.mul(u, per_leaf(ratio, u), info.donate)
 
         return info.foreach(group, updates, params, with_group=True), state
 

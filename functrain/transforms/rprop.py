@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import _torch_common as tc
+from functrain.transforms import foreach as fe
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -155,7 +156,7 @@ def scale_by_rprop(
             if donate:
                 torch._foreach_copy_(signs, g)
                 torch._foreach_sign_(signs)
-            return tc.neg(tc.mul_list(signs, size, donate), donate), g, size
+            return tc.neg(fe.mul(signs, size, donate), donate), g, size
 
         lists = (updates, list(state.prev), list(state.step_size))
         out, prev, size = info.foreach(group, *lists)
