@@ -18,7 +18,7 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.fusion import Kernel
+from functrain.transforms.fusion import Kernel, group_value
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_nonnegative
@@ -113,12 +113,12 @@ def scale_by_adagrad(
                 g,
                 s,
                 [count.to(device)] * len(p),
-                lr=lr.to(device) if isinstance(lr, Tensor) else lr,
+                lr=group_value(lr, 0, device),
                 lr_decay=0.0,
                 weight_decay=weight_decay,
                 eps=eps,
                 maximize=maximize,
-                grad_scale=None if grad_scale is None else grad_scale.to(device),
+                grad_scale=None if grad_scale is None else group_value(grad_scale, 0, device),
                 found_inf=None,
             )
 

@@ -200,7 +200,7 @@ def scale_by_adam(
                 eps=eps,
                 amsgrad=amsgrad,
                 maximize=maximize,
-                grad_scale=None if grad_scale is None else grad_scale.to(p[0].device),
+                grad_scale=None if grad_scale is None else group_value(grad_scale, 0, p[0].device),
                 found_inf=None,
             )
             return p

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import torch
 from torch import Tensor
 
 from functrain.tree import TreeInfo
@@ -105,9 +106,18 @@ class MultiplierSpec:
 
 
 def group_value(value: Any, group: int, device: Any) -> Any:
-    """The value for one group of a per-group list (or the shared scalar), on ``device``."""
+    """The value for one group of a per-group list (or the shared scalar), on ``device``.
+
+    A float64 tensor (a schedule's value) going to a CUDA kernel becomes float32: torch's
+    fused CUDA kernels read ``lr`` tensors as float, and with a Python float they compute in
+    float as well, so this is the value they would use either way. The CPU kernels take the
+    float64 tensor as it is.
+    """
     if isinstance(value, list):
         value = value[group]
     if device is not None and isinstance(value, Tensor):
+        device = torch.device(device)
+        if device.type != "cpu" and value.dtype == torch.float64:
+            return value.to(device=device, dtype=torch.float32)
         return value.to(device)
     return value

@@ -151,7 +151,7 @@ def trace(
                 nesterov=nesterov,
                 maximize=False,
                 is_first_step=first,
-                grad_scale=None if grad_scale is None else grad_scale.to(p[0].device),
+                grad_scale=None if grad_scale is None else group_value(grad_scale, 0, p[0].device),
                 found_inf=None,
             )
             return p
