@@ -99,8 +99,18 @@ from functrain.transforms.torch_names import (
     TORCH_OPTIMIZERS,
     optimizer_from_config,
 )
+from functrain.transforms.torch_optimizer import (
+    HostNumber,
+    TorchOptimizerState,
+    from_torch_optimizer,
+    torch_optimizer_factory,
+)
 
 __all__ = [
+    "HostNumber",
+    "TorchOptimizerState",
+    "from_torch_optimizer",
+    "torch_optimizer_factory",
     "AccumulateState",
     "AdagradLearningRate",
     "ApplyIfFiniteState",

@@ -28,6 +28,7 @@ from torch import Tensor
 from functrain.transforms.clipping import ClipState
 from functrain.transforms.loss_scaling import LossScaleState
 from functrain.transforms.scaling import LearningRateState
+from functrain.transforms.torch_optimizer import TorchOptimizerState
 
 __all__ = ["SETTABLE", "set_hyperparam", "values_in_force"]
 
@@ -40,7 +41,9 @@ _BY_RECORD = {(ClipState, "norm"): "grad_norm", (LossScaleState, "scale"): "loss
 #: (``scale_by_learning_rate`` with a float) and the loss scale. Every other recorded value
 #: is what the transform used (a constant closed over at construction, or a schedule's value)
 #: and changes only by rebuilding the transform or its schedule.
-SETTABLE = frozenset({(LearningRateState, "lr"), (LossScaleState, "scale")})
+SETTABLE = frozenset(
+    {(LearningRateState, "lr"), (LossScaleState, "scale"), (TorchOptimizerState, "lr")}
+)
 
 Location = tuple[tuple[str, Any], ...]
 

@@ -7,6 +7,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
+
 from functrain.transforms.adadelta import adadelta
 from functrain.transforms.adafactor import adafactor
 from functrain.transforms.adagrad import adagrad
@@ -96,6 +98,10 @@ def optimizer_from_config(
             f"unknown optimizer type {name!r}{hint} (known: {', '.join(sorted(registry))})"
         )
     factory = registry[name]
+    if isinstance(factory, type) and issubclass(factory, torch.optim.Optimizer):
+        from functrain.transforms.torch_optimizer import torch_optimizer_factory
+
+        factory = torch_optimizer_factory(factory)
     for key in _IMPLEMENTATION_ARGS:
         cfg.pop(key, None)
     accepted = [
