@@ -6,7 +6,12 @@ A checkpoint is a plain dict saved with ``torch.save``::
      "meta": {"epoch": ..., "iter": ..., ...},
      "state": {"params": {...}, "buffers": {...}, "opt_state": ..., "callbacks": {...},
                "iteration": ..., "epoch": ..., "rng": ...},
-     "loop": {...}}          # where the data iterator stood (written by the runner)
+     "loop": {...},          # where the data iterator stood (written by the runner)
+     "loop_per_rank": [...]} # under torch.distributed: every rank's own "loop" entry
+
+Under ``torch.distributed`` rank 0 writes the file (the state is the same on every rank, or
+the runner's ``state_for_checkpoint`` gathers it) and every rank reads it back: tensors are
+loaded onto the CPU and placed on the devices of the rank's own state (its ``cuda:LOCAL_RANK``).
 
 State records (``ScaleByAdamState``, ...) are written as ``{"__record__": "module:Class",
 "fields": {...}}`` so that the file holds only dicts, lists, tuples, numbers, strings, bytes

@@ -36,6 +36,13 @@ Differences from mmengine, on purpose:
 - validation and test run with the random generators saved and restored around them, so that
   how often one validates does not change the training run's random stream;
 - the iteration-based loop does not sleep 2 s when it restarts its data iterator.
+
+Under ``torch.distributed`` (see :mod:`functrain.distributed.comm`) every rank runs the same
+runner; only rank 0 writes (text log, JSON scalars, TensorBoard, progress bar, plots,
+checkpoints), the other ranks log warnings and errors to the terminal only. Checkpoints hold
+every rank's data position and random generator states, so all ranks resume from one file
+where each of them stood; a rank that raises aborts the process group so that the others
+fail at once instead of waiting in a collective (``abort_on_error``).
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ from functrain.checkpoint import (
     restore_state,
     state_to_dict,
 )
+from functrain.distributed import comm
 from functrain.state import RngState, TrainState, capture_rng, restore_rng
 
 __all__ = [
@@ -154,8 +162,21 @@ class MeanMetrics(Evaluator):
             self._counts[key] = self._counts.get(key, 0) + count
 
     def evaluate(self) -> dict[str, float]:
+        """The means; under a process group of several ranks, over every rank's samples
+        (sums and counts are gathered, so a rank may have seen no batch at all). Samples a
+        padding sampler (``DefaultSampler(round_up=True)``) repeats count twice; validate
+        with ``round_up=False`` for exact dataset means."""
         values = ScalarHistory.read(self._sums)
-        return {k: v / self._counts[k] for k, v in values.items()}
+        parts = {k: (v, self._counts[k]) for k, v in values.items()}
+        if comm.get_world_size() > 1:
+            sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            for rank_parts in comm.all_gather_object(parts):
+                for k, (total, count) in rank_parts.items():
+                    sums[k] = sums.get(k, 0.0) + total
+                    counts[k] = counts.get(k, 0) + count
+            parts = {k: (sums[k], counts[k]) for k in sums}
+        return {k: total / count for k, (total, count) in parts.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +195,7 @@ class DataPosition:
     rng: RngState | None = None
     generators: tuple[bytes, ...] | None = None
     phase: str = ""
+    sampler_seed: int | None = None
 
 
 def _loader_generators(loader: Any) -> list[torch.Generator]:
@@ -210,16 +232,31 @@ def _set_generator_states(loader: Any, states: tuple[bytes, ...] | None) -> None
         g.set_state(torch.frombuffer(bytearray(s), dtype=torch.uint8).clone())
 
 
-def _set_sampler_epoch(loader: Any, epoch: int) -> None:
-    """``set_epoch`` on the loader's sampler, as mmengine's samplers and seed hook do."""
+def _epoch_sampler(loader: Any) -> Any:
+    """The loader's sampler that has ``set_epoch`` (its ``sampler`` or its batch sampler's
+    ``sampler``, where mmengine's ``DistSamplerSeedHook`` looks), or ``None``."""
     sampler = getattr(loader, "sampler", None)
     if sampler is not None and hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-        return
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    inner = getattr(batch_sampler, "sampler", None)
+        return sampler
+    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
     if inner is not None and hasattr(inner, "set_epoch"):
-        inner.set_epoch(epoch)
+        return inner
+    return None
+
+
+def _set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """``set_epoch`` on the loader's sampler, as mmengine's samplers and seed hook do."""
+    sampler = _epoch_sampler(loader)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+
+
+def _sampler_seed(loader: Any) -> int | None:
+    """The integer ``seed`` of the loader's seeded sampler (functrain's and mmengine's
+    ``DefaultSampler`` / ``InfiniteSampler``, torch's ``DistributedSampler``): with
+    ``seed=None`` it was drawn at random, so a checkpoint keeps it to replay the order."""
+    seed = getattr(_epoch_sampler(loader), "seed", None)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 class _Pass:
@@ -284,6 +321,12 @@ class EpochBasedTrainLoop(_TrainLoop):
         val_interval: int = 1,
         dynamic_intervals: Sequence[tuple[int, int]] | None = None,
     ) -> None:
+        sampler = _epoch_sampler(dataloader)
+        if type(sampler).__name__ == "InfiniteSampler":
+            raise ValueError(
+                "EpochBasedTrainLoop: the dataloader's sampler is an InfiniteSampler, whose "
+                "epochs never end; use IterBasedTrainLoop with it, or DefaultSampler here"
+            )
         self.dataloader = dataloader
         self.max_epochs = _positive_int("max_epochs", max_epochs, minimum=0)
         self.max_iters = self.max_epochs * len(dataloader)  # type: ignore[arg-type]
@@ -452,6 +495,11 @@ class _EvalLoop:
                         f"after_{mode}_iter", batch_idx=idx, data_batch=data_batch, outputs=outputs
                     )
                 metrics = dict(self.evaluator.evaluate())
+                if comm.get_world_size() > 1:
+                    # What callbacks decide from the metrics (best checkpoint, early stop,
+                    # plateau) must agree on every rank, or the ranks part ways and hang:
+                    # all take rank 0's, as mmengine's evaluator broadcasts them.
+                    metrics = comm.broadcast_object(metrics)
                 runner.call(f"after_{mode}_epoch", metrics=metrics)
                 runner.call(f"after_{mode}")
         finally:
@@ -538,7 +586,26 @@ class Runner:
             (mmengine's ``load_from``; no optimizer state, counters start at the state's).
         experiment_name: shown in logs (default: the timestamp).
         log_level: level of the runner's terminal logger (the text log file in ``log_dir``
-            always gets INFO and above).
+            always gets INFO and above). Ranks other than 0 show warnings and errors only
+            and write no log file.
+        state_for_checkpoint: ``fn(state) -> state`` giving the state to write, called on
+            every rank before each save (it may communicate: a sharded optimizer state
+            gathers its shards here; only rank 0's result is written). Default: the state
+            as it is, which is right when every rank holds the same (replicated) state.
+        state_from_checkpoint: ``fn(loaded, current) -> state`` turning the state read from
+            a checkpoint (shaped like ``state_for_checkpoint(current)``) into the one this
+            rank trains with (re-sharding it, say); called on every rank after loading.
+        abort_on_error: under a process group of several ranks, when the run raises, write
+            the error where the other ranks can read it and abort the process group, so
+            that ranks waiting in a collective fail at once (with a note naming the rank
+            that failed first) rather than after the collective timeout. Set ``False`` to
+            keep the process group usable after an exception.
+
+    Under ``torch.distributed`` every rank builds the same runner (the constructor
+    broadcasts rank 0's timestamp, and its temporary ``work_dir`` when none is given) and
+    calls ``train`` / ``val`` / ``test``. Only rank 0 writes files; a checkpoint save is a
+    collective (every rank gathers its data position to rank 0, rank 0 writes, and all wait
+    until the file is complete), and resuming reads the same file on every rank.
 
     Attributes a callback can use (mmengine names): ``epoch``, ``iter``, ``max_epochs``,
     ``max_iters``, ``train_loop``, ``val_loop``, ``test_loop``, ``train_dataloader``,
@@ -563,6 +630,9 @@ class Runner:
         load_from: str | os.PathLike[str] | None = None,
         experiment_name: str | None = None,
         log_level: int | str = "INFO",
+        state_for_checkpoint: Callable[[TrainState], TrainState] | None = None,
+        state_from_checkpoint: Callable[[TrainState, TrainState], TrainState] | None = None,
+        abort_on_error: bool = True,
     ) -> None:
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
@@ -574,10 +644,18 @@ class Runner:
         self.val_loop = val_loop
         self.test_loop = test_loop
         self._work_dir = Path(work_dir) if work_dir is not None else None
+        if self._work_dir is None and comm.get_world_size() > 1:
+            # Every rank must use rank 0's directory (a collective, so decided here).
+            made = tempfile.mkdtemp(prefix="functrain-") if comm.is_main_process() else None
+            self._work_dir = Path(comm.broadcast_object(made))
         self._resume = resume
         self._load_from = load_from
         self._loaded = False
-        self.timestamp = time.strftime("%Y%m%d_%H%M%S", time.localtime())
+        # Rank 0's clock names the log directory on every rank (mmengine broadcasts it).
+        self.timestamp = comm.synced_timestamp()
+        self.state_for_checkpoint = state_for_checkpoint
+        self.state_from_checkpoint = state_from_checkpoint
+        self.abort_on_error = abort_on_error
         self.experiment_name = experiment_name or self.timestamp
         self.log_level = log_level
         self.mode = "train"
@@ -591,6 +669,7 @@ class Runner:
         self._pending_saves: list[tuple[int, Path, bool, Any, Callable[[], None] | None]] = []
         self._resume_phase = ""
         self._log_dir: Path | None = None
+        self._log_dir_synced = False
         self._logger: logging.Logger | None = None
 
         self.callbacks = CallbackList()
@@ -653,14 +732,24 @@ class Runner:
 
     @property
     def log_dir(self) -> Path:
+        """``work_dir / timestamp`` (``_1``, ``_2``... appended if it exists), created on
+        rank 0 only; every rank agrees on the name."""
         if self._log_dir is None:
             base = self.work_dir / self.timestamp
             candidate, n = base, 1
-            while candidate.exists():
-                candidate, n = Path(f"{base}_{n}"), n + 1
-            candidate.mkdir(parents=True)
+            if comm.is_main_process():
+                while candidate.exists():
+                    candidate, n = Path(f"{base}_{n}"), n + 1
+                candidate.mkdir(parents=True)
             self._log_dir = candidate
         return self._log_dir
+
+    def _sync_log_dir(self) -> None:
+        """Give every rank rank 0's ``log_dir`` (a collective, at the start of a run)."""
+        if self._log_dir_synced or comm.get_world_size() == 1:
+            return
+        self._log_dir = Path(comm.broadcast_object(str(self.log_dir)))
+        self._log_dir_synced = True
 
     @property
     def logger(self) -> logging.Logger:
@@ -671,18 +760,29 @@ class Runner:
                 if isinstance(self.log_level, str)
                 else self.log_level
             )
+            main = comm.is_main_process()
+            if not main:
+                # Other ranks: warnings and errors on the terminal, no file (mmengine shows
+                # only errors there; a rank's own warnings, such as a resume mismatch, help).
+                level = max(level, logging.WARNING)
             # The file always gets INFO lines; log_level quiets the terminal only.
-            logger.setLevel(min(level, logging.INFO))
+            logger.setLevel(min(level, logging.INFO) if main else level)
             logger.propagate = False
             fmt = logging.Formatter("%(asctime)s - functrain - %(levelname)s - %(message)s")
+            if not main:
+                fmt = logging.Formatter(
+                    f"%(asctime)s - functrain - rank {comm.get_rank()} - %(levelname)s - "
+                    "%(message)s"
+                )
             terminal = logging.StreamHandler(sys.stdout)
             terminal.setFormatter(fmt)
             terminal.setLevel(level)
             logger.addHandler(terminal)
-            file = logging.FileHandler(self.log_dir / f"{self.timestamp}.log")
-            file.setFormatter(fmt)
-            file.setLevel(min(level, logging.INFO))
-            logger.addHandler(file)
+            if main:
+                file = logging.FileHandler(self.log_dir / f"{self.timestamp}.log")
+                file.setFormatter(fmt)
+                file.setLevel(min(level, logging.INFO))
+                logger.addHandler(file)
             self._logger = logger
         return self._logger
 
@@ -724,9 +824,7 @@ class Runner:
             if pending:
                 self._pending_saves = [item for item in self._pending_saves if item[0] != depth]
                 for _, path, save_optimizer, meta, on_saved in pending:
-                    self._write_checkpoint(path, self.state, save_optimizer, meta)
-                    if on_saved is not None:
-                        on_saved()
+                    self._write_checkpoint(path, self.state, save_optimizer, meta, on_saved)
         finally:
             self._pending_saves = [item for item in self._pending_saves if item[0] != depth]
             self._events.pop()
@@ -739,10 +837,14 @@ class Runner:
         self.mode = "train"
         self.train_loop.stop_training = False
         try:
+            self._sync_log_dir()
             self.call("before_run")
             self._load_or_resume()
             self.train_loop.run(self)
             self.call("after_run")
+        except BaseException as e:
+            self._on_error(e)
+            raise
         finally:
             self._close_logger()
         return self.state
@@ -759,13 +861,25 @@ class Runner:
         if loop is None:
             raise RuntimeError(f"Runner.{what} needs a {what}_loop")
         try:
+            self._sync_log_dir()
             self.call("before_run")
             self._load_or_resume()
             metrics = loop.run(self)
             self.call("after_run")
+        except BaseException as e:
+            self._on_error(e)
+            raise
         finally:
             self._close_logger()
         return metrics
+
+    def _on_error(self, exc: BaseException) -> None:
+        """Under a process group of several ranks, let the peers fail now (see
+        ``abort_on_error``) instead of waiting for this rank in a collective."""
+        if self.abort_on_error and comm.get_world_size() > 1:
+            if self._logger is not None:
+                self.logger.error(f"rank {comm.get_rank()} failed: {type(exc).__name__}: {exc}")
+            comm.abort_on_failure(exc)
 
     @contextlib.contextmanager
     def _rng_guard(self) -> Iterator[None]:
@@ -829,10 +943,10 @@ class Runner:
         p = self._pass
         loader = self.train_dataloader
         rng, gens = self._training_rng(), _generator_states(loader)
-        phase = self._phase()
+        phase, seed = self._phase(), _sampler_seed(loader)
         if p.finished:
-            return DataPosition(p.index + 1, 0, None, None, rng, gens, phase)
-        return DataPosition(p.index, p.consumed, p.rng, p.generators, rng, gens, phase)
+            return DataPosition(p.index + 1, 0, None, None, rng, gens, phase, seed)
+        return DataPosition(p.index, p.consumed, p.rng, p.generators, rng, gens, phase, seed)
 
     def _phase(self) -> str:
         """Which training event a checkpoint is taken in: ``"iter_end"`` / ``"epoch_end"``
@@ -874,14 +988,20 @@ class Runner:
         mmengine's ``save_checkpoint``. ``before_save_checkpoint(checkpoint=...)`` runs just
         before the write (callbacks may edit the dict); ``on_saved()`` right after it.
         Outside the events, ``state`` (default: the current one) is written immediately.
+
+        Under a process group of several ranks this is a collective: every rank must call
+        it (the callbacks do), ``state_for_checkpoint`` runs and the data positions are
+        gathered on every rank, then rank 0 alone runs ``before_save_checkpoint``, writes
+        the file and calls ``on_saved()``, and every rank returns only once the file is
+        complete (an error while writing is raised on every rank).
         """
         path = Path(path)
         if self._events and self._events[-1] != "before_save_checkpoint":
             self._pending_saves.append((len(self._events), path, save_optimizer, meta, on_saved))
             return path
-        self._write_checkpoint(path, self.state if state is None else state, save_optimizer, meta)
-        if on_saved is not None:
-            on_saved()
+        self._write_checkpoint(
+            path, self.state if state is None else state, save_optimizer, meta, on_saved
+        )
         return path
 
     def _write_checkpoint(
@@ -890,26 +1010,58 @@ class Runner:
         state: TrainState,
         save_optimizer: bool,
         meta: Mapping[str, Any] | None,
+        on_saved: Callable[[], None] | None = None,
     ) -> None:
         epoch, iteration = self._completed_counters(state)
         state = state.replace(epoch=epoch, iteration=iteration, rng=self._training_rng())
+        if self.state_for_checkpoint is not None:
+            state = self.state_for_checkpoint(state)
         position = self._position()
-        checkpoint: dict[str, Any] = {
-            "format": FORMAT,
-            "version": VERSION,
-            "meta": {
-                "epoch": epoch,
-                "iter": iteration,
-                "experiment_name": self.experiment_name,
-                "time": time.strftime("%Y%m%d_%H%M%S", time.localtime()),
-                "torch_version": str(torch.__version__),
-                **dict(meta or {}),
-            },
-            "state": state_to_dict(state, save_optimizer=save_optimizer),
-            "loop": encode(position) if position is not None else None,
-        }
-        self.call("before_save_checkpoint", checkpoint=checkpoint)
-        atomic_save(checkpoint, path)
+        world_size = comm.get_world_size()
+        # Each rank's own data position and generators, so that every rank resumes where it
+        # stood (rank 0's alone would replay rank 0's random streams on every rank).
+        positions = comm.all_gather_object(position) if world_size > 1 else None
+        if not comm.is_main_process():
+            self._wait_for_write(path)
+            return
+        failure: str | None = None
+        try:
+            checkpoint: dict[str, Any] = {
+                "format": FORMAT,
+                "version": VERSION,
+                "meta": {
+                    "epoch": epoch,
+                    "iter": iteration,
+                    "experiment_name": self.experiment_name,
+                    "time": time.strftime("%Y%m%d_%H%M%S", time.localtime()),
+                    "torch_version": str(torch.__version__),
+                    "world_size": world_size,
+                    **dict(meta or {}),
+                },
+                "state": state_to_dict(state, save_optimizer=save_optimizer),
+                "loop": encode(position) if position is not None else None,
+            }
+            if positions is not None:
+                checkpoint["loop_per_rank"] = [
+                    encode(p) if p is not None else None for p in positions
+                ]
+            self.call("before_save_checkpoint", checkpoint=checkpoint)
+            atomic_save(checkpoint, path)
+            if on_saved is not None:
+                on_saved()
+        except BaseException as e:
+            failure = f"{type(e).__name__}: {e}"
+            if world_size > 1:
+                comm.broadcast_object(failure)
+            raise
+        if world_size > 1:
+            # The other ranks wait here until the file is complete (and learn if it failed).
+            comm.broadcast_object(failure)
+
+    def _wait_for_write(self, path: Path) -> None:
+        failure = comm.broadcast_object(None)
+        if failure is not None:
+            raise RuntimeError(f"rank 0 failed to write checkpoint {str(path)!r}: {failure}")
 
     def _load_or_resume(self) -> None:
         if self._loaded:
@@ -923,6 +1075,9 @@ class Runner:
             )
         elif self._resume:
             resume_from = self._resume  # type: ignore[assignment]
+        if comm.get_world_size() > 1:
+            # Rank 0's view of work_dir/last_checkpoint decides for every rank.
+            resume_from = comm.broadcast_object(resume_from)
         if resume_from is not None:
             self.resume(resume_from)
         elif self._load_from is not None:
@@ -930,24 +1085,73 @@ class Runner:
         self._loaded = True
 
     def resume(self, path: str | os.PathLike[str]) -> None:
-        """Restore the whole state and the data position from the checkpoint at ``path``."""
+        """Restore the whole state and the data position from the checkpoint at ``path``.
+
+        Under a process group every rank calls it with the same file: the tensors go to
+        the devices of this rank's state, and the data position (random generators,
+        sampler seed) is this rank's own when the checkpoint was written by as many ranks.
+        """
         ckpt = load_checkpoint(path)
         self.call("after_load_checkpoint", checkpoint=ckpt)
-        self.state = restore_state(ckpt, self.state, path=path, load_optimizer=True)
-        loop = ckpt.get("loop")
-        position = decode(loop, str(path)) if loop is not None else None
-        if position is not None and not isinstance(position, DataPosition):
-            raise TypeError(f"{path}: bad 'loop' entry in the checkpoint")
+        self.state = self._restore(ckpt, path, load_optimizer=True, strict=True)
+        position = self._rank_position(ckpt, str(path))
+        if position is not None and position.rng is not None:
+            self.state = self.state.replace(rng=position.rng)
+        seed = position.sampler_seed if position is not None else None
+        sampler = _epoch_sampler(self.train_dataloader)
+        if seed is not None and sampler is not None and getattr(sampler, "seed", None) != seed:
+            # A sampler built with seed=None drew a new seed in this process; the order of
+            # the interrupted run needs the old one.
+            self.logger.info(f"resume: sampler seed {sampler.seed} -> {seed} (checkpoint's)")
+            if hasattr(sampler, "load_state_dict"):
+                sampler.load_state_dict({**sampler.state_dict(), "seed": seed})
+            else:
+                sampler.seed = seed
         self._pending_position = position
         self._resume_phase = position.phase if position is not None else ""
         self._pass = None
         self._loaded = True
         self.logger.info(f"resumed from {path}: epoch {self.epoch}, iter {self.iter}")
 
+    def _restore(
+        self, ckpt: Mapping[str, Any], path: Any, *, load_optimizer: bool, strict: bool
+    ) -> TrainState:
+        current = self.state
+        template = current
+        if self.state_for_checkpoint is not None:
+            template = self.state_for_checkpoint(current)
+        loaded = restore_state(
+            ckpt, template, path=path, load_optimizer=load_optimizer, strict=strict
+        )
+        if self.state_from_checkpoint is not None:
+            loaded = self.state_from_checkpoint(loaded, current)
+        return loaded
+
+    def _rank_position(self, ckpt: Mapping[str, Any], where: str) -> DataPosition | None:
+        """This rank's data position in ``ckpt`` (rank 0's when the number of ranks changed,
+        with a warning: the per-rank shares of the data then differ anyway)."""
+        loop = ckpt.get("loop")
+        per_rank = ckpt.get("loop_per_rank")
+        world_size, rank = comm.get_world_size(), comm.get_rank()
+        if per_rank is not None and len(per_rank) == world_size:
+            loop = per_rank[rank]
+        elif per_rank is not None or world_size > 1:
+            saved = len(per_rank) if per_rank is not None else 1
+            warnings.warn(
+                f"resume: {where} was written by {saved} process(es), this run has "
+                f"{world_size}; every rank continues from rank 0's data position and random "
+                "state, so the data order after resuming differs from the interrupted run",
+                stacklevel=3,
+            )
+        position = decode(loop, where) if loop is not None else None
+        if position is not None and not isinstance(position, DataPosition):
+            raise TypeError(f"{where}: bad 'loop' entry in the checkpoint")
+        return position
+
     def load_checkpoint(self, path: str | os.PathLike[str], *, strict: bool = True) -> None:
         """Load the params and buffers of the checkpoint at ``path`` (no optimizer state)."""
         ckpt = load_checkpoint(path)
         self.call("after_load_checkpoint", checkpoint=ckpt)
-        self.state = restore_state(ckpt, self.state, path=path, load_optimizer=False, strict=strict)
+        self.state = self._restore(ckpt, path, load_optimizer=False, strict=strict)
         self._loaded = True
         self.logger.info(f"loaded checkpoint {path}")

@@ -84,6 +84,9 @@ def make_train_step(
     autocast: torch.dtype | None = None,
     fused: bool | None = None,
     grad: str = "func",
+    distributed: bool | None = None,
+    bucket_cap_mb: float | None = None,
+    process_group: Any = None,
 ) -> TrainStep:
     """Build ``step(state, batch) -> (state, metrics)``: forward, backward and one update.
 
@@ -111,6 +114,24 @@ def make_train_step(
             other ``torch.func`` transforms); ``"autograd"`` with ``torch.autograd.grad`` on
             detached leaves, the same gradients without functorch's per-call wrapping, which
             is measurable for small models (see ``benchmarks/loop.py``).
+        distributed: data parallelism with DDP's semantics (see
+            :mod:`functrain.distributed.data_parallel`). ``None`` (default): on when a
+            ``torch.distributed`` default process group of more than one rank is initialized
+            when the step is built; ``False``: off; ``True``: on, and an initialized process
+            group is required. When on, each rank's gradients are averaged across ranks
+            (one flat all-reduce per ``(device, dtype)``, DDP's numerics) before ``tx`` sees
+            them, unless ``tx`` averages them itself: a chain containing
+            :func:`~functrain.distributed.data_parallel.average_gradients` (put it inside
+            :func:`functrain.accumulate` to all-reduce only on the stepping micro-batch, DDP's
+            ``no_sync``) or :func:`~functrain.distributed.zero.shard_optimizer`. Without
+            either, an ``accumulate`` in ``tx`` sees averaged gradients on every micro-batch:
+            the same result, with an all-reduce per micro-batch. ``metrics["loss"]`` is this
+            rank's loss (no extra collective).
+        bucket_cap_mb: with ``distributed`` on and ``grad="autograd"``, overlap the
+            all-reduce with backward: gradients go into buckets of at most this many MiB
+            that are all-reduced asynchronously as soon as they are full (DDP's default is
+            25). ``None``: one all-reduce per ``(device, dtype)`` after backward.
+        process_group: the process group to average over (default: the default group).
 
     Returns:
         The train step. ``metrics`` holds ``"loss"`` and whatever ``loss_fn`` added.
@@ -184,6 +205,10 @@ def make_train_step(
         return find_loss_scale_state(opt_state).scale if uses_loss_scaling[0] else None
 
     grad_fn = func_grad if grad == "func" else autograd_grad
+    average = _data_parallel_averaging(tx, grad, distributed, bucket_cap_mb, process_group)
+    if average is not None and bucket_cap_mb is not None:
+        grad_fn = _bucketed_autograd_grad(compute, bucket_cap_mb, process_group)
+        average = None
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Tensor]]:
         if not model.training:
@@ -192,6 +217,8 @@ def make_train_step(
         grads, (loss, aux) = grad_fn(
             state.params, buffers, batch, _device_type(state), loss_scale(state.opt_state)
         )
+        if average is not None:
+            grads = average(grads)
         params, opt_state = apply_gradients(
             tx, state.params, grads, state.opt_state, donate=donate, fused=fused
         )
@@ -199,6 +226,79 @@ def make_train_step(
         return state.replace(params=params, buffers=buffers, opt_state=opt_state), metrics
 
     return train_step
+
+
+def _data_parallel_averaging(
+    tx: GradientTransformation,
+    grad: str,
+    distributed: bool | None,
+    bucket_cap_mb: float | None,
+    process_group: Any,
+) -> Callable[[dict[str, Tensor]], dict[str, Tensor]] | None:
+    """How the step averages gradients across ranks, or ``None`` when it does not."""
+    if distributed is False and bucket_cap_mb is None:
+        return None
+    # Imported here: functrain.distributed may import the loops, which import this module.
+    from functrain.distributed.data_parallel import (
+        all_reduce_mean,
+        resolve_distributed,
+        syncs_gradients,
+    )
+
+    on = resolve_distributed(distributed, process_group, where="make_train_step")
+    if bucket_cap_mb is not None:
+        if not on:
+            raise ValueError(
+                "make_train_step(bucket_cap_mb=...) buckets the gradient all-reduce of data "
+                "parallel training; it needs distributed=True (or an initialized process group "
+                "of several ranks with distributed=None)"
+            )
+        if grad != "autograd":
+            raise ValueError(
+                "make_train_step(bucket_cap_mb=...) overlaps the all-reduce with backward "
+                "through autograd hooks; it needs grad='autograd' (torch.func.grad has no "
+                "hooks), or pass bucket_cap_mb=None"
+            )
+        if syncs_gradients(tx):
+            raise ValueError(
+                "make_train_step(bucket_cap_mb=...): tx averages the gradients itself "
+                "(average_gradients / shard_optimizer), so the step must not; pass "
+                "bucket_cap_mb=None"
+            )
+    if not on or syncs_gradients(tx):
+        return None
+
+    def average(grads: dict[str, Tensor]) -> dict[str, Tensor]:
+        return dict(zip(grads, all_reduce_mean(list(grads.values()), process_group), strict=True))
+
+    return average
+
+
+def _bucketed_autograd_grad(
+    compute: Callable[..., tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]],
+    bucket_cap_mb: float,
+    process_group: Any,
+) -> Callable[..., tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]]:
+    """``grad="autograd"`` with the averaging all-reduce overlapped with backward."""
+    from functrain.distributed.data_parallel import GradientBuckets
+
+    buckets = GradientBuckets(bucket_cap_mb, process_group)
+
+    def bucketed_grad(
+        params: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        batch: Any,
+        device_type: str,
+        scale: Tensor | None,
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():
+            scaled, (loss, aux) = compute(leaves, buffers, batch, device_type, scale)
+            buckets.attach(list(leaves.values()))
+            grads = torch.autograd.grad(scaled, list(leaves.values()), allow_unused=True)
+        return dict(zip(leaves, buckets.finish(grads), strict=True)), (loss, aux)
+
+    return bucketed_grad
 
 
 def make_eval_step(

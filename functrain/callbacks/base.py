@@ -277,12 +277,25 @@ class CallbackList:
                     ]
 
 
+def _plain(value: Any) -> Any:
+    """A DTensor (the optimizer state of a ZeRO-1 / FSDP run holds them) as a plain tensor:
+    replicated values read locally, others gathered (a collective that every rank runs, as
+    every rank runs the same callbacks). Anything else unchanged."""
+    placements = getattr(value, "placements", None)
+    if isinstance(value, Tensor) and placements is not None and hasattr(value, "to_local"):
+        if all(p.is_replicate() for p in placements):
+            return value.to_local()
+        return value.full_tensor()
+    return value
+
+
 class ScalarHistory:
     """Recent values of named scalars (mmengine's message hub ``HistoryBuffer``s).
 
     Values may be Python numbers or 0-d tensors left on the device: reading them (``mean``,
     ``current``) is deferred until someone asks, and :meth:`read` turns many of them into
-    floats with a single host transfer.
+    floats with a single host transfer. DTensors (a sharded optimizer state's learning rate
+    or gradient norm) are kept as plain local tensors.
     """
 
     def __init__(self, max_length: int = 1000) -> None:
@@ -294,7 +307,7 @@ class ScalarHistory:
         buf = self._data.get(key)
         if buf is None:
             buf = self._data[key] = deque(maxlen=self.max_length)
-        buf.append(value)
+        buf.append(_plain(value))
 
     def keys(self) -> list[str]:
         return list(self._data)
@@ -333,6 +346,7 @@ class ScalarHistory:
         out: dict[str, float] = {}
         by_device: dict[Any, list[tuple[str, Tensor]]] = {}
         for k, v in values.items():
+            v = _plain(v)
             if isinstance(v, Tensor):
                 by_device.setdefault(v.device, []).append((k, v))
             else:

@@ -11,6 +11,7 @@ from typing import Any
 
 from functrain.callbacks.base import Callback
 from functrain.checkpoint import atomic_write_text
+from functrain.distributed.comm import is_main_process
 
 __all__ = ["CheckpointCallback", "infer_rule"]
 
@@ -82,6 +83,11 @@ class CheckpointCallback(Callback):
     an old checkpoint is deleted only after the new one is written, and only files this
     callback wrote are deleted (the ids it kept, its previous best). The kept ids and best
     scores are part of the train state, so ``max_keep_ckpts`` holds across resumes.
+
+    Under ``torch.distributed`` the callback runs on every rank (its bookkeeping is part of
+    every rank's state) and the runner's save is a collective; only rank 0 writes, deletes
+    old files and updates ``last_checkpoint`` (as mmengine), and the other ranks go on only
+    once the file is complete.
 
     Args:
         interval: save every ``interval`` epochs (``by_epoch``) or iterations; ``-1``: never
@@ -194,6 +200,8 @@ class CheckpointCallback(Callback):
 
     def _remove(self, step: int) -> None:
         assert self.out_dir is not None
+        if not is_main_process():
+            return
         path = self.out_dir / self.filename_tmpl.format(step)
         if path.is_file():
             path.unlink()

@@ -9,6 +9,11 @@ line is written: one host transfer per log line, none in between.
 ``lr``, ``momentum`` and ``grad_norm`` are read from the optimizer state: the first
 ``LearningRateState.lr``, ``ScaleByAdamState.b1`` or ``TraceState.momentum``, and
 ``ClipState.norm`` (the pre-clip global norm) of the chain.
+
+Under ``torch.distributed`` every rank computes the same records (``runner.log_records``),
+but only rank 0 prints them and writes the JSON lines and TensorBoard files (the runner's
+logger on other ranks shows warnings and errors only). The values are rank 0's: the losses
+of rank 0's batches, as mmengine logs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from functrain.callbacks._opt_state import get_at, hyperparameter_paths
 from functrain.callbacks.base import Callback, ScalarHistory
+from functrain.distributed.comm import is_main_process
 
 __all__ = ["Logger"]
 
@@ -85,9 +91,10 @@ class Logger(Callback):
 
     # -- set-up ------------------------------------------------------------------------------
     def before_run(self, runner: Any, state: Any) -> None:
-        self.json_path = runner.log_dir / "scalars.json" if self.json_file else None
+        main = is_main_process()
+        self.json_path = runner.log_dir / "scalars.json" if self.json_file and main else None
         self._paths = None
-        if self.tensorboard is not False:
+        if self.tensorboard is not False and main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:

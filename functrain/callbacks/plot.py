@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from functrain.callbacks.base import Callback
+from functrain.distributed.comm import is_main_process
 
 __all__ = ["CurvesPlot", "plot_curves"]
 
@@ -65,7 +66,8 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, *, title: str =
 
 class CurvesPlot(Callback):
     """After training, plot what the :class:`~functrain.callbacks.Logger` logged (training
-    losses, learning rate, validation metrics) to ``runner.work_dir / filename``.
+    losses, learning rate, validation metrics) to ``runner.work_dir / filename`` (on rank 0
+    only under ``torch.distributed``).
 
     Args:
         filename: the PNG's name.
@@ -80,6 +82,8 @@ class CurvesPlot(Callback):
         self.path: Path | None = None
 
     def after_train(self, runner: Any, state: Any) -> None:
+        if not is_main_process():
+            return
         if not runner.log_records:
             runner.logger.warning("CurvesPlot: nothing was logged; no plot written")
             return

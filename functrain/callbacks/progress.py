@@ -7,6 +7,7 @@ import time
 from typing import Any, TextIO
 
 from functrain.callbacks.base import Callback
+from functrain.distributed.comm import is_main_process
 
 __all__ = ["ProgressBar"]
 
@@ -14,7 +15,8 @@ __all__ = ["ProgressBar"]
 class ProgressBar(Callback):
     """Draw ``[#####.....] 120/500 iters, 35.2 it/s`` on ``stream`` while training and
     validating, redrawn at most every ``min_interval`` seconds (no device sync: it shows
-    counters only). Does nothing when ``stream`` is not a terminal, unless ``force``.
+    counters only). Does nothing when ``stream`` is not a terminal, unless ``force``, and
+    on ranks other than 0 under ``torch.distributed``.
 
     Args:
         stream: where to draw (default ``sys.stderr``).
@@ -45,6 +47,8 @@ class ProgressBar(Callback):
         return self.stream if self.stream is not None else sys.stderr
 
     def _active(self) -> bool:
+        if not is_main_process():
+            return False
         out = self._out()
         return self.force or (hasattr(out, "isatty") and out.isatty())
 

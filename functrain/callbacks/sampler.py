@@ -12,7 +12,9 @@ __all__ = ["SamplerSeed"]
 class SamplerSeed(Callback):
     """Calls ``set_epoch(runner.epoch)`` on the train dataloader's sampler (or its batch
     sampler's sampler) before each training epoch, so that a seeded shuffling sampler
-    (``DistributedSampler``, mmengine's ``DefaultSampler``) draws a new order each epoch."""
+    (``DistributedSampler``, :class:`functrain.distributed.sampler.DefaultSampler`, mmengine's
+    ``DefaultSampler``) draws a new order each epoch. ``InfiniteSampler.set_epoch`` does
+    nothing (as mmengine): its endless stream has no epochs."""
 
     priority = "NORMAL"
 
