@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The seed's first config (AdamW + paramwise_cfg + clip) through `functrain train`: trains,
+# validates, checkpoints, plots the logged curves and the configured schedule. One thread:
+# the model is tiny and extra OpenMP threads only wait.
 demo: $(STAMP)
-	$(PY) examples/train_digits.py --work-dir work_dirs/digits
+	OMP_NUM_THREADS=1 $(PY) -m functrain.cli train examples/configs/digits_demo.py --work-dir work_dirs/digits_demo
+	$(PY) -m functrain.cli schedule examples/configs/digits_demo.py --plot work_dirs/digits_demo/schedule.png
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -64,3 +64,43 @@ def test_training_loop_code_runs(tmp_path, monkeypatch):
     state = namespace["state"]
     assert state.epoch == 12 and state.iteration == 12 * 4
     assert (tmp_path / "work_dirs" / "readme" / "last_checkpoint").exists()
+
+
+def test_configs_code_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = re.search(
+        r"## Configs and the `functrain`.*?```python\n(.*?)```", README.read_text(), re.S
+    ).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    state = namespace["state"]
+    assert state.epoch == 2 and state.iteration == 2 * 40
+    assert (tmp_path / "work_dirs" / "readme_config" / "epoch_2.pth").exists()
+
+
+def test_config_registry_example_ports_the_seed_classes(monkeypatch):
+    from functrain.config import HOOKS, OPTIMIZERS
+
+    # Register into copies: examples/configs/my_project registers its own MyOptimizer/MyHook.
+    for registry, name in ((OPTIMIZERS, "MyOptimizer"), (HOOKS, "MyHook")):
+        entries = {k: v for k, v in registry._entries.items() if k != name}
+        monkeypatch.setattr(registry, "_entries", entries)
+    code = re.search(
+        r"## Configs and the `functrain`.*?```python\n.*?```.*?```python\n(.*?)```",
+        README.read_text(),
+        re.S,
+    ).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert OPTIMIZERS.get("MyOptimizer") is namespace["MyOptimizer"]
+    assert HOOKS.get("MyHook") is namespace["MyHook"]
+
+
+def test_distributed_code_runs_in_one_process():
+    code = re.search(
+        r"## Distributed data parallel.*?```python\n(.*?)```", README.read_text(), re.S
+    ).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    state = namespace["state"]
+    assert state.opt_state is not None and float(namespace["metrics"]["loss"]) > 0

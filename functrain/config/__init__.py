@@ -1,0 +1,68 @@
+"""mmengine-style configs: registries, config files, and a builder from config to runner.
+
+Hand functrain the sections of an mmengine / MMDetection config (``optim_wrapper``,
+``param_scheduler``, ``train_cfg``, ``default_hooks``, ``custom_hooks``, ...) as plain dicts
+or as a Python config file, and get the runner mmengine would have built, with its numbers.
+"""
+
+from functrain.config.build import Built, build_runner, import_custom_modules, parse_losses
+from functrain.config.explain import explain
+from functrain.config.file import (
+    Config,
+    ConfigDict,
+    ConfigFileError,
+    load_config,
+    merge_from_dict,
+    parse_cfg_options,
+)
+from functrain.config.hooks import Hook
+from functrain.config.optim import DefaultOptimWrapperConstructor, OptimizerPlan, build_optimizer
+from functrain.config.registries import (
+    CALLBACKS,
+    DATA_SAMPLERS,
+    DATASETS,
+    FUNCTIONS,
+    HOOKS,
+    LOOPS,
+    METRICS,
+    MODELS,
+    OPTIM_WRAPPER_CONSTRUCTORS,
+    OPTIM_WRAPPERS,
+    OPTIMIZERS,
+    PARAM_SCHEDULERS,
+    REGISTRIES,
+)
+from functrain.config.registry import ConfigError, Registry
+
+__all__ = [
+    "CALLBACKS",
+    "DATASETS",
+    "DATA_SAMPLERS",
+    "FUNCTIONS",
+    "HOOKS",
+    "LOOPS",
+    "METRICS",
+    "MODELS",
+    "OPTIMIZERS",
+    "OPTIM_WRAPPERS",
+    "OPTIM_WRAPPER_CONSTRUCTORS",
+    "PARAM_SCHEDULERS",
+    "REGISTRIES",
+    "Built",
+    "Config",
+    "ConfigDict",
+    "ConfigFileError",
+    "ConfigError",
+    "DefaultOptimWrapperConstructor",
+    "Hook",
+    "OptimizerPlan",
+    "Registry",
+    "build_optimizer",
+    "build_runner",
+    "explain",
+    "import_custom_modules",
+    "load_config",
+    "merge_from_dict",
+    "parse_cfg_options",
+    "parse_losses",
+]

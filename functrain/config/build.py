@@ -1,0 +1,750 @@
+"""A whole mmengine-style config -> a :class:`functrain.loops.Runner`.
+
+:func:`build_runner` reads the sections an mmengine ``Runner`` reads, in its order:
+``custom_imports`` (imported first, so their registrations exist), ``default_scope``
+(ignored, with a log line: functrain has one scope), ``env_cfg`` / ``launcher``,
+``randomness`` (seeds set before the model is built), ``model``, the data loaders,
+``train_cfg`` / ``val_cfg`` / ``test_cfg``, ``optim_wrapper`` + ``param_scheduler`` (see
+:mod:`functrain.config.optim`), ``auto_scale_lr``, ``default_hooks`` (merged by name into the
+defaults; ``None`` removes one) and ``custom_hooks`` (with ``priority``), ``work_dir``,
+``resume``, ``load_from``, ``log_level``.
+
+Models follow mmengine's ``BaseModel`` calling convention: a batch that is a tuple/list is
+passed as ``model(*batch, mode=...)``, a dict as ``model(**batch, mode=...)``. In
+``mode='loss'`` the model returns a loss tensor or a dict of them, summed like mmengine's
+``parse_losses`` (every key containing ``'loss'``; the others are logged); in
+``mode='predict'`` its outputs go to the evaluator (``val_evaluator``).
+
+Not mmengine: the default ``collate_fn`` is torch's ``default_collate`` (mmengine's is
+``pseudo_collate`` followed by the model's data preprocessor); name
+``collate_fn=dict(type='pseudo_collate')`` to get mmengine's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import optree
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from functrain.config.optim import OptimizerPlan, build_optimizer
+from functrain.config.registries import (
+    DATA_SAMPLERS,
+    DATASETS,
+    FUNCTIONS,
+    HOOKS,
+    LOOPS,
+    METRICS,
+    MODELS,
+)
+from functrain.config.registry import (
+    ConfigError,
+    check_kwargs,
+    error_text,
+    missing_required,
+    suggest,
+)
+
+__all__ = [
+    "KNOWN_KEYS",
+    "Built",
+    "build_dataloader",
+    "build_model",
+    "build_runner",
+    "build_training",
+    "import_custom_modules",
+    "parse_losses",
+]
+
+logger = logging.getLogger("functrain.config")
+
+#: Top-level keys a config may have (others are the user's own variables, unless they look
+#: like a misspelling of one of these).
+KNOWN_KEYS = (
+    "model", "train_dataloader", "val_dataloader", "test_dataloader", "train_cfg", "val_cfg",
+    "test_cfg", "optim_wrapper", "param_scheduler", "val_evaluator", "test_evaluator",
+    "default_hooks", "custom_hooks", "custom_imports", "default_scope", "env_cfg", "launcher",
+    "log_level", "log_processor", "load_from", "resume", "work_dir", "randomness",
+    "auto_scale_lr", "visualizer", "experiment_name",
+)  # fmt: skip
+_IGNORED_WITH_NOTE = {
+    "log_processor": "the logger's window_size / by_epoch options are on LoggerHook",
+    "visualizer": "functrain logs scalars as JSON lines and plots curves with CurvesPlot",
+}
+#: MMCV 1.x / MMDetection 2.x keys: mmengine's runner ignores them, so a config that still
+#: has them trains without what they say. Building warns, naming the replacement.
+LEGACY_KEYS = {
+    "optimizer_config": "optim_wrapper (clip_grad=..., accumulative_counts=...)",
+    "lr_config": "param_scheduler",
+    "momentum_config": "param_scheduler (*Momentum schedulers)",
+    "runner": "train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=...)",
+    "total_epochs": "train_cfg=dict(max_epochs=...)",
+    "checkpoint_config": "default_hooks=dict(checkpoint=dict(type='CheckpointHook', ...))",
+    "log_config": "default_hooks=dict(logger=dict(type='LoggerHook', ...))",
+    "evaluation": "val_cfg, val_evaluator and train_cfg.val_interval",
+    "fp16": "optim_wrapper=dict(type='AmpOptimWrapper', ...)",
+    "workflow": "train_cfg / val_cfg",
+}
+_DATALOADER_KEYS = (
+    "batch_size", "num_workers", "persistent_workers", "pin_memory", "drop_last",
+    "prefetch_factor", "timeout", "sampler", "batch_sampler", "collate_fn", "dataset", "shuffle",
+)  # fmt: skip
+
+
+class Built:
+    """What :func:`build_runner` made, besides the runner: for tests and :func:`explain`.
+
+    Attributes:
+        runner: the :class:`~functrain.loops.Runner`.
+        model: the model module (its own tensors are the initial ones; training updates
+            ``runner.state``).
+        plan: the :class:`~functrain.config.optim.OptimizerPlan` (``None`` without training).
+        device: where the state lives.
+        cfg: the config as plain dicts.
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+def import_custom_modules(custom_imports: Any) -> list[str]:
+    """mmengine's ``custom_imports``: import each module so its registrations take effect.
+
+    Args:
+        custom_imports: ``dict(imports=['pkg.mod', ...], allow_failed_imports=False)``.
+
+    Returns:
+        The modules imported.
+    """
+    if custom_imports is None:
+        return []
+    path = "custom_imports"
+    if not isinstance(custom_imports, Mapping):
+        raise ConfigError(path, f"must be dict(imports=[...]), got {custom_imports!r}")
+    for key in custom_imports:
+        if key not in ("imports", "allow_failed_imports"):
+            raise ConfigError(
+                f"{path}.{key}",
+                f"unknown key {key!r}{suggest(key, ['imports', 'allow_failed_imports'])} "
+                "(accepted: imports, allow_failed_imports)",
+            )
+    imports = custom_imports.get("imports", [])
+    if isinstance(imports, str):
+        imports = [imports]
+    if not isinstance(imports, list | tuple):
+        raise ConfigError(f"{path}.imports", f"must be a list of module names, got {imports!r}")
+    done = []
+    for i, name in enumerate(imports):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}.imports[{i}]", f"must be a module name (str), got {name!r}")
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            if custom_imports.get("allow_failed_imports", False):
+                warnings.warn(
+                    f"custom_imports.imports[{i}]: {name} failed to import ({err}); skipped "
+                    "(allow_failed_imports=True)",
+                    stacklevel=2,
+                )
+                continue
+            raise ConfigError(
+                f"{path}.imports[{i}]", f"cannot import {name!r}: {err}{_import_hint(name)}"
+            ) from err
+        done.append(name)
+    return done
+
+
+def _import_hint(name: str) -> str:
+    """For ``'pkg.mod.MyClass'``: import the module that registers it, not the class."""
+    module, _, attr = name.rpartition(".")
+    try:
+        found = hasattr(importlib.import_module(module), attr) if module else False
+    except ImportError:
+        found = False
+    return f"; list the module that registers it ({module!r}), not {attr!r} itself" if found else ""
+
+
+def set_random_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy (when installed) and torch (CPU and CUDA), as mmengine's
+    ``set_random_seed``."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+
+
+def _randomness(cfg: Mapping[str, Any], rank: int) -> int | None:
+    rnd = cfg.get("randomness") or {}
+    if not isinstance(rnd, Mapping):
+        raise ConfigError("randomness", f"must be a dict like dict(seed=0), got {rnd!r}")
+    allowed = ("seed", "deterministic", "diff_rank_seed")
+    for key in rnd:
+        if key not in allowed:
+            raise ConfigError(
+                f"randomness.{key}",
+                f"unknown key {key!r}{suggest(key, allowed)} (accepted: {', '.join(allowed)})",
+            )
+    seed = rnd.get("seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+        from functrain.distributed.comm import broadcast_object, is_distributed
+
+        if is_distributed():
+            seed = broadcast_object(seed)
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("randomness.seed", f"expected an int, got {seed!r}")
+    if rnd.get("diff_rank_seed", False):
+        seed += rank
+    set_random_seed(seed, bool(rnd.get("deterministic", False)))
+    return seed
+
+
+def _worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
+    worker_seed = num_workers * rank + worker_id + seed
+    set_random_seed(worker_seed)
+
+
+def build_dataloader(
+    cfg: Any, path: str, *, seed: int | None, rank: int = 0, diff_rank_seed: bool = False
+) -> DataLoader:
+    """mmengine's ``Runner.build_dataloader``: ``dataset``, ``sampler`` (default
+    ``DefaultSampler``) and ``collate_fn`` from the registries, the rest to ``DataLoader``."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(path, f"must be a dict with 'dataset' and 'batch_size', got {cfg!r}")
+    for key in cfg:
+        if key not in _DATALOADER_KEYS:
+            raise ConfigError(
+                f"{path}.{key}",
+                f"unknown dataloader key {key!r}{suggest(key, _DATALOADER_KEYS)} "
+                f"(accepted: {', '.join(_DATALOADER_KEYS)})",
+            )
+    if "dataset" not in cfg:
+        raise ConfigError(path, "needs a 'dataset' (e.g. dataset=dict(type='Digits'))")
+    for key, minimum in (("batch_size", 1), ("num_workers", 0)):
+        value = cfg.get(key, minimum)
+        if key == "batch_size" and value is None:  # DataLoader's "no batching"
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{path}.{key}", f"expected an int >= {minimum}, got {value!r}")
+    if "shuffle" in cfg:
+        raise ConfigError(
+            f"{path}.shuffle",
+            "mmengine configs shuffle through the sampler: sampler=dict(type='DefaultSampler', "
+            "shuffle=True)",
+        )
+    dataset_cfg = cfg["dataset"]
+    if isinstance(dataset_cfg, str | bytes | int | float) or dataset_cfg is None:
+        raise ConfigError(
+            f"{path}.dataset",
+            f"expected a dict like dict(type='Digits', ...) or a Dataset, got {dataset_cfg!r}",
+        )
+    dataset = (
+        DATASETS.build(dataset_cfg, f"{path}.dataset")
+        if isinstance(dataset_cfg, Mapping)
+        else dataset_cfg
+    )
+    sampler_seed = None if diff_rank_seed else seed
+    sampler_cfg = cfg.get("sampler", {"type": "DefaultSampler", "shuffle": False})
+    sampler = DATA_SAMPLERS.build(
+        sampler_cfg, f"{path}.sampler", dataset=dataset, seed=sampler_seed
+    )
+    collate_cfg = cfg.get("collate_fn", {"type": "default_collate"})
+    if isinstance(collate_cfg, Mapping):
+        collate = FUNCTIONS.get(collate_cfg.get("type"), f"{path}.collate_fn.type")
+        collate_kwargs = {k: v for k, v in collate_cfg.items() if k != "type"}
+        if collate_kwargs:
+            collate = partial(collate, **collate_kwargs)
+    elif callable(collate_cfg):
+        collate = collate_cfg
+    else:
+        raise ConfigError(
+            f"{path}.collate_fn",
+            f"expected a dict like dict(type='pseudo_collate') or a function, got {collate_cfg!r}",
+        )
+    kwargs = {k: v for k, v in cfg.items() if k not in ("dataset", "sampler", "collate_fn")}
+    if "batch_size" not in kwargs:
+        raise ConfigError(path, "needs a 'batch_size'")
+    num_workers = kwargs.get("num_workers", 0)
+    init_fn = None
+    if seed is not None and num_workers:
+        init_fn = partial(_worker_init_fn, num_workers=num_workers, rank=rank, seed=seed)
+    if kwargs.get("batch_sampler") is not None:
+        raise ConfigError(f"{path}.batch_sampler", "batch samplers are not supported")
+    kwargs.pop("batch_sampler", None)
+    if not num_workers:
+        kwargs.pop("persistent_workers", None)
+    try:
+        return DataLoader(
+            dataset, sampler=sampler, collate_fn=collate, worker_init_fn=init_fn, **kwargs
+        )
+    except (TypeError, ValueError) as err:
+        text = error_text(err)
+        named = [k for k in kwargs if re.search(rf"\b{re.escape(k)}\b", text)]
+        raise ConfigError(f"{path}.{named[0]}" if len(named) == 1 else path, text) from err
+
+
+def parse_losses(losses: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    """mmengine's ``BaseModel.parse_losses``: a loss tensor as is; a dict of tensors (or
+    lists of tensors) -> the sum of every value whose key contains ``'loss'``, each mean-
+    reduced (a list: the sum of the means); the other keys are returned for logging."""
+    if isinstance(losses, Tensor):
+        return losses, {}
+    if not isinstance(losses, Mapping):
+        raise TypeError(
+            f"the model's mode='loss' output must be a tensor or a dict of them, got "
+            f"{type(losses).__name__}"
+        )
+    log_vars = {}
+    for name, value in losses.items():
+        if isinstance(value, Tensor):
+            log_vars[name] = value.mean()
+        elif isinstance(value, Sequence) and all(isinstance(v, Tensor) for v in value):
+            log_vars[name] = sum(v.mean() for v in value)
+        else:
+            raise TypeError(f"loss {name!r} must be a tensor or a list of tensors, got {value!r}")
+    terms = [v for k, v in log_vars.items() if "loss" in k]
+    if not terms:
+        raise ValueError(f"the model's losses {sorted(log_vars)} have no key containing 'loss'")
+    loss = sum(terms[1:], terms[0])
+    return loss, {k: v.detach() for k, v in log_vars.items() if k != "loss"}
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    def move(x: Any) -> Any:
+        return x.to(device, non_blocking=True) if isinstance(x, Tensor) else x
+
+    return optree.tree_map(move, batch, none_is_leaf=True)
+
+
+def _call_model(forward: Any, batch: Any, mode: str) -> Any:
+    if isinstance(batch, Mapping):
+        return forward(**batch, mode=mode)
+    if isinstance(batch, tuple | list):
+        return forward(*batch, mode=mode)
+    return forward(batch, mode=mode)
+
+
+def _loss_fn(device: torch.device) -> Any:
+    def loss_fn(forward: Any, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        return parse_losses(_call_model(forward, _to_device(batch, device), "loss"))
+
+    return loss_fn
+
+
+def _predict_fn(device: torch.device) -> Any:
+    def predict(forward: Any, batch: Any) -> Any:
+        return _call_model(forward, _to_device(batch, device), "predict")
+
+    return predict
+
+
+def _build_evaluator(cfg: Any, path: str) -> Any:
+    if isinstance(cfg, Sequence) and not isinstance(cfg, str):
+        if len(cfg) != 1:
+            raise ConfigError(path, "one evaluator per loop is supported; got a list of "
+                              f"{len(cfg)}")  # fmt: skip
+        cfg, path = cfg[0], f"{path}[0]"
+    if isinstance(cfg, Mapping) and cfg.get("type") == "Evaluator":
+        return _build_evaluator(cfg.get("metrics"), f"{path}.metrics")
+    return METRICS.build(cfg, path)
+
+
+def _build_train_loop(cfg: Any, loader: DataLoader) -> Any:
+    path = "train_cfg"
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(path, f"must be a dict, got {cfg!r}")
+    cfg = dict(cfg)
+    if "type" not in cfg:
+        by_epoch = cfg.pop("by_epoch", True)
+        cfg["type"] = "EpochBasedTrainLoop" if by_epoch else "IterBasedTrainLoop"
+    elif "by_epoch" in cfg:
+        raise ConfigError(f"{path}.by_epoch", "give either 'type' or the 'by_epoch' shorthand")
+    if cfg["type"] not in ("EpochBasedTrainLoop", "IterBasedTrainLoop") and cfg["type"] in LOOPS:
+        raise ConfigError(f"{path}.type", f"{cfg['type']} is not a train loop")
+    loop_cls = LOOPS.get(cfg["type"], f"{path}.type")
+    kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    check_kwargs(path, cfg["type"], loop_cls, {"dataloader": loader, **kwargs})
+    missing = missing_required(loop_cls, {"dataloader": loader, **kwargs})
+    if missing:
+        raise ConfigError(f"{path}.{missing[0]}", f"{cfg['type']} needs {missing[0]!r}")
+    for key in ("max_epochs", "max_iters", "val_interval", "val_begin"):
+        if key in kwargs and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], int)):
+            raise ConfigError(f"{path}.{key}", f"expected an int, got {kwargs[key]!r}")
+    if kwargs.get("val_interval", 1) < 1:
+        # mmengine would divide by it at the first validation (ZeroDivisionError).
+        raise ConfigError(f"{path}.val_interval", f"must be >= 1, got {kwargs['val_interval']}")
+    if "dynamic_intervals" in kwargs:
+        kwargs["dynamic_intervals"] = _dynamic_intervals(kwargs["dynamic_intervals"], path)
+    try:
+        return loop_cls(loader, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(path, f"{cfg['type']}: {err}") from err
+
+
+def _dynamic_intervals(value: Any, path: str) -> list[tuple[int, int]]:
+    where = f"{path}.dynamic_intervals"
+    if not isinstance(value, list | tuple):
+        raise ConfigError(where, f"must be a list of (milestone, interval) pairs, got {value!r}")
+    pairs = []
+    for i, item in enumerate(value):
+        ok = isinstance(item, list | tuple) and len(item) == 2
+        if not ok or not all(isinstance(x, int) and not isinstance(x, bool) for x in item):
+            raise ConfigError(
+                f"{where}[{i}]", f"must be a (milestone, interval) pair of ints, got {item!r}"
+            )
+        if item[1] < 1:
+            raise ConfigError(f"{where}[{i}]", f"the interval must be >= 1, got {item[1]}")
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def _eval_loop(
+    cfg: Mapping[str, Any], mode: str, model: Any, device: torch.device, seed: int | None
+) -> tuple[Any, torch.dtype | None]:
+    loop_cfg, loader_cfg, evaluator_cfg = (
+        cfg.get(f"{mode}_cfg"),
+        cfg.get(f"{mode}_dataloader"),
+        cfg.get(f"{mode}_evaluator"),
+    )
+    given = [x is not None for x in (loop_cfg, loader_cfg, evaluator_cfg)]
+    if not any(given):
+        return None, None
+    if not all(given):
+        missing = [
+            name
+            for name, g in zip(
+                (f"{mode}_cfg", f"{mode}_dataloader", f"{mode}_evaluator"), given, strict=True
+            )
+            if not g
+        ]
+        raise ConfigError(
+            ", ".join(missing),
+            f"{mode}_cfg, {mode}_dataloader and {mode}_evaluator must be given together "
+            "(mmengine's rule); add the missing ones or remove the others",
+        )
+    if not isinstance(loop_cfg, Mapping):
+        raise ConfigError(f"{mode}_cfg", f"must be a dict (e.g. dict()), got {loop_cfg!r}")
+    loop_cfg = dict(loop_cfg)
+    loop_type = loop_cfg.pop("type", "ValLoop" if mode == "val" else "TestLoop")
+    expected = "ValLoop" if mode == "val" else "TestLoop"
+    if loop_type != expected:
+        LOOPS.get(loop_type, f"{mode}_cfg.type")
+        raise ConfigError(f"{mode}_cfg.type", f"must be {expected!r}, got {loop_type!r}")
+    for key in loop_cfg:
+        if key != "fp16":
+            raise ConfigError(
+                f"{mode}_cfg.{key}",
+                f"unknown key {key!r} for {expected}{suggest(key, ['fp16'])} (accepted: fp16)",
+            )
+    autocast = torch.float16 if loop_cfg.get("fp16") else None
+    from functrain.step import make_eval_step
+
+    loader = build_dataloader(loader_cfg, f"{mode}_dataloader", seed=seed)
+    evaluator = _build_evaluator(evaluator_cfg, f"{mode}_evaluator")
+    loop_cls = LOOPS.get(expected)
+    step = make_eval_step(model, _predict_fn(device), autocast=autocast)
+    return loop_cls(loader, step, evaluator), autocast
+
+
+def _build_hooks(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    defaults: dict[str, Any] = {}
+    default_hooks = cfg.get("default_hooks") or {}
+    if not isinstance(default_hooks, Mapping):
+        raise ConfigError(
+            "default_hooks", f"must be a dict of name -> hook dict, got {default_hooks!r}"
+        )
+    for name, hook_cfg in default_hooks.items():
+        path = f"default_hooks.{name}"
+        defaults[name] = None if hook_cfg is None else _build_hook(hook_cfg, path)
+    custom = []
+    custom_hooks = cfg.get("custom_hooks") or []
+    if not isinstance(custom_hooks, Sequence) or isinstance(custom_hooks, str | Mapping):
+        raise ConfigError("custom_hooks", f"must be a list of hook dicts, got {custom_hooks!r}")
+    for i, hook_cfg in enumerate(custom_hooks):
+        hook = _build_hook(hook_cfg, f"custom_hooks[{i}]")
+        if hook is not None:
+            custom.append(hook)
+    return defaults, custom
+
+
+def _build_hook(hook_cfg: Any, path: str) -> Any:
+    from functrain.callbacks import Priority, get_priority
+
+    if not isinstance(hook_cfg, Mapping):
+        if isinstance(hook_cfg, str | bytes | int | float | list | tuple):
+            raise ConfigError(
+                path, f"expected a dict like dict(type='CheckpointHook', ...), got {hook_cfg!r}"
+            )
+        return hook_cfg  # an already-built callback
+    hook_cfg = dict(hook_cfg)
+    priority = hook_cfg.pop("priority", None)
+    if priority is not None:
+        try:
+            get_priority(priority)
+        except (ValueError, KeyError, TypeError) as err:
+            names = [p.name for p in Priority]
+            text = error_text(err)
+            if isinstance(priority, str):
+                text = (
+                    f"unknown priority {priority!r}{suggest(priority.upper(), names)} (use an "
+                    f"int in [0, 100] or one of {', '.join(names)})"
+                )
+            raise ConfigError(f"{path}.priority", text) from err
+    hook = HOOKS.build(hook_cfg, path)
+    if hook is not None and priority is not None:
+        hook.priority = priority
+    return hook
+
+
+def _auto_scale_lr(cfg: Mapping[str, Any], optim_wrapper: Mapping[str, Any], batch: int) -> Any:
+    """mmengine's ``auto_scale_lr``: ``lr *= world_size * batch_size / base_batch_size``."""
+    scale = cfg.get("auto_scale_lr")
+    if scale is not None and not isinstance(scale, Mapping):
+        raise ConfigError(
+            "auto_scale_lr", f"must be dict(enable=..., base_batch_size=...), got {scale!r}"
+        )
+    if not scale or not scale.get("enable", False):
+        return optim_wrapper
+    if "base_batch_size" not in scale:
+        raise ConfigError("auto_scale_lr", "needs 'base_batch_size' when enable=True")
+    base = scale["base_batch_size"]
+    if isinstance(base, bool) or not isinstance(base, int | float) or base <= 0:
+        raise ConfigError("auto_scale_lr.base_batch_size", f"expected a number > 0, got {base!r}")
+    from functrain.distributed.comm import get_world_size
+
+    ratio = get_world_size() * batch / scale["base_batch_size"]
+    optimizer = dict(optim_wrapper["optimizer"])
+    optimizer["lr"] = optimizer["lr"] * ratio
+    logger.info("auto_scale_lr: lr scaled by %s to %s", ratio, optimizer["lr"])
+    return {**optim_wrapper, "optimizer": optimizer}
+
+
+def to_plain(cfg: Any) -> Any:
+    """Nested dicts / lists / tuples as plain Python containers (a ``Config`` is a dict)."""
+    if isinstance(cfg, Mapping):
+        return {k: to_plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [to_plain(v) for v in cfg]
+    if isinstance(cfg, tuple):
+        return tuple(to_plain(v) for v in cfg)
+    return cfg
+
+
+def check_top_level(cfg: Mapping[str, Any]) -> None:
+    """A top-level key that looks like a misspelt known key is an error."""
+    import difflib
+
+    for key in cfg:
+        if key in KNOWN_KEYS or key.startswith("_"):
+            continue
+        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(key, f"unknown config key {key!r}; did you mean {close[0]!r}?")
+        if key in LEGACY_KEYS:
+            warnings.warn(
+                f"{key}: an MMCV 1.x / MMDetection 2.x key, which mmengine and functrain ignore; "
+                f"use {LEGACY_KEYS[key]}",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def build_model(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The config's ``model`` (a dict built from ``MODELS``, or a module), on ``device``."""
+    if "model" not in cfg:
+        raise ConfigError("model", "the config needs a 'model' (e.g. model=dict(type='DigitsNet'))")
+    model_cfg = cfg["model"]
+    model = (
+        model_cfg if isinstance(model_cfg, torch.nn.Module) else MODELS.build(model_cfg, "model")
+    )
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError("model", f"built a {type(model).__name__}, not a torch.nn.Module")
+    return model.to(device)
+
+
+def build_training(
+    cfg: Mapping[str, Any],
+    model: torch.nn.Module,
+    *,
+    seed: int | None = None,
+    rank: int = 0,
+    diff_rank_seed: bool = False,
+    data_parallel: bool = False,
+) -> tuple[Any, OptimizerPlan]:
+    """The train loop (with its data loader) and the optimizer plan of a config."""
+    for key in ("train_dataloader", "train_cfg", "optim_wrapper"):
+        if cfg.get(key) is None:
+            raise ConfigError(key, f"training needs {key} (the config has the other train keys)")
+    loader = build_dataloader(
+        cfg["train_dataloader"], "train_dataloader", seed=seed, rank=rank,
+        diff_rank_seed=diff_rank_seed,
+    )  # fmt: skip
+    train_loop = _build_train_loop(cfg["train_cfg"], loader)
+    by_epoch = bool(train_loop.by_epoch)
+    optim_wrapper = _auto_scale_lr(cfg, cfg["optim_wrapper"], loader.batch_size or 1)
+    plan = build_optimizer(
+        optim_wrapper,
+        model,
+        param_scheduler=cfg.get("param_scheduler"),
+        epoch_length=len(loader) if by_epoch else None,
+        max_epochs=train_loop.max_epochs,
+        max_iters=train_loop.max_iters,
+        by_epoch_loop=by_epoch,
+        data_parallel=data_parallel,
+    )
+    return train_loop, plan
+
+
+def _env_error(launcher: str, err: BaseException) -> ConfigError:
+    """``setup_env``'s error at the key it names (``env_cfg.mp_cfg.mp_start_method``)."""
+    text = error_text(err)
+    if launcher not in ("none", "pytorch"):
+        return ConfigError("launcher", text)
+    unknown = re.match(r"unknown (env_cfg(?:\.\w+)*) key '(\w+)'", text)
+    if unknown:
+        return ConfigError(f"{unknown[1]}.{unknown[2]}", text)
+    named = re.match(r"(env_cfg(?:\.\w+)*)", text)
+    return ConfigError(named[1] if named else "env_cfg", text)
+
+
+def _sharded_checkpoint_hooks(plan: OptimizerPlan | None) -> dict[str, Any]:
+    """A sharded optimizer state is gathered whole into checkpoints and re-sharded on load."""
+    if plan is None or not plan.sharded:
+        return {}
+    from functrain.distributed.zero import gather_optimizer_state, shard_optimizer_state
+
+    return {
+        "state_for_checkpoint": gather_optimizer_state,
+        "state_from_checkpoint": shard_optimizer_state,
+    }
+
+
+def build_runner(
+    cfg: Mapping[str, Any],
+    *,
+    work_dir: str | Path | None = None,
+    resume: bool | str | None = None,
+    load_from: str | None = None,
+    device: str | torch.device | None = None,
+    launcher: str | None = None,
+) -> Built:
+    """Build a runner from an mmengine-style config.
+
+    Args:
+        cfg: the config (a dict or a loaded ``Config``).
+        work_dir: overrides ``cfg['work_dir']`` (default when neither: a temporary dir).
+        resume: overrides ``cfg['resume']``: ``True`` resumes from the work dir's last
+            checkpoint, a path from that file.
+        load_from: overrides ``cfg['load_from']``.
+        device: ``'cpu'``, ``'cuda'`` (default: CUDA when available).
+        launcher: overrides ``cfg['launcher']``: ``'none'`` or ``'pytorch'`` (torchrun).
+
+    Returns:
+        :class:`Built` with the runner, model, optimizer plan and device.
+
+    Raises:
+        ConfigError: naming the offending key path.
+
+    Example:
+        >>> built = build_runner(load_config("examples/configs/digits_adamw.py"))  # doctest: +SKIP
+        >>> built.runner.train()  # doctest: +SKIP
+    """
+    from functrain.callbacks import ReduceOnPlateauCallback
+    from functrain.distributed.comm import get_rank, get_world_size, setup_env
+    from functrain.loops import Runner
+    from functrain.state import TrainState
+    from functrain.step import make_train_step
+
+    cfg = to_plain(cfg)
+    if not isinstance(cfg, Mapping):
+        raise ConfigError("", f"a config must be a dict, got {type(cfg).__name__}")
+    check_top_level(cfg)
+    import_custom_modules(cfg.get("custom_imports"))
+    scope = cfg.get("default_scope")
+    if scope not in (None, "functrain"):
+        logger.info("default_scope=%r ignored: functrain has one registry scope", scope)
+    for key, why in _IGNORED_WITH_NOTE.items():
+        if cfg.get(key) is not None:
+            logger.info("%s ignored: %s", key, why)
+    launcher = launcher or cfg.get("launcher", "none")
+    try:
+        setup_env(cfg.get("env_cfg"), launcher)
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise _env_error(launcher, err) from err
+    rank = get_rank()
+    seed = _randomness(cfg, rank)
+    diff_rank_seed = bool((cfg.get("randomness") or {}).get("diff_rank_seed", False))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        from functrain.distributed.comm import get_local_rank
+
+        device = torch.device("cuda", get_local_rank())
+
+    model = build_model(cfg, device)
+    data_parallel = get_world_size() > 1
+    train_loop = plan = train_step = None
+    if cfg.get("train_cfg") is not None or cfg.get("train_dataloader") is not None:
+        train_loop, plan = build_training(
+            cfg, model, seed=seed, rank=rank, diff_rank_seed=diff_rank_seed,
+            data_parallel=data_parallel,
+        )  # fmt: skip
+        state = TrainState.create(model, plan.tx, device=device)
+        # The transform averages the gradients itself when data_parallel (see build_optimizer).
+        train_step = make_train_step(model, _loss_fn(device), plan.tx, autocast=plan.autocast)
+    else:
+        from functrain.transforms.base import identity
+
+        state = TrainState.create(model, identity(), device=device)
+
+    if data_parallel:
+        from functrain.distributed.data_parallel import broadcast_state
+
+        state = broadcast_state(state)  # every rank starts from rank 0's tensors
+    val_loop, _ = _eval_loop(cfg, "val", model, device, seed)
+    test_loop, _ = _eval_loop(cfg, "test", model, device, seed)
+    defaults, custom = _build_hooks(cfg)
+    if plan is not None:
+        for plateau, target in plan.plateaus:
+            if target not in ("lr", "momentum"):
+                raise ConfigError(
+                    "param_scheduler", f"ReduceOnPlateau of {target!r} is not supported"
+                )
+            custom.append(ReduceOnPlateauCallback(plateau, param=target))
+    resume_value = resume if resume is not None else cfg.get("resume", False)
+    runner = Runner(
+        state=state,
+        train_step=train_step,
+        train_loop=train_loop,
+        val_loop=val_loop,
+        test_loop=test_loop,
+        callbacks=custom,
+        default_callbacks=defaults,
+        work_dir=work_dir if work_dir is not None else cfg.get("work_dir"),
+        resume=resume_value,
+        load_from=load_from if load_from is not None else cfg.get("load_from"),
+        experiment_name=cfg.get("experiment_name"),
+        log_level=cfg.get("log_level", "INFO"),
+        **_sharded_checkpoint_hooks(plan),
+    )
+    return Built(runner=runner, model=model, plan=plan, device=device, cfg=cfg, seed=seed)

@@ -1,0 +1,62 @@
+"""``Hook``: mmengine's hook base class, so an mmengine hook ports by changing its imports.
+
+An mmengine hook's methods take ``(self, runner, ...)``; a functrain callback's take
+``(self, runner, state, ...)`` and may return a new state. Subclassing :class:`Hook` (instead
+of :class:`functrain.callbacks.Callback`) accepts either form: a method without a ``state``
+parameter is called mmengine's way and keeps the state unchanged. The seed's example::
+
+    from functrain.config import HOOKS, Hook   # was: mmengine.hooks.Hook, mmdet.registry.HOOKS
+
+    @HOOKS.register_module()
+    class MyHook(Hook):
+        def __init__(self, a, b): ...
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None): ...
+
+``runner`` has mmengine's attributes (``epoch``, ``iter``, ``max_iters``, ``work_dir``,
+``logger``, ...; see :class:`functrain.loops.Runner`); the model's current tensors are in
+``runner.state``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from functrain.callbacks.base import EVENTS, Callback
+
+__all__ = ["Hook"]
+
+
+def _takes_state(method: Callable[..., Any]) -> bool:
+    params = list(inspect.signature(method).parameters)
+    return len(params) >= 3 and params[2] == "state"
+
+
+def _mmengine_style(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: Any, runner: Any, state: Any, *args: Any, **kwargs: Any) -> None:
+        method(self, runner, *args, **kwargs)
+        return None
+
+    return call
+
+
+class Hook(Callback):
+    """mmengine's ``Hook``: event methods with or without the ``state`` argument.
+
+    Example:
+        >>> class CountIters(Hook):
+        ...     def __init__(self):
+        ...         self.count = 0
+        ...     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        ...         self.count += 1
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for event in EVENTS:
+            method = cls.__dict__.get(event)
+            if callable(method) and not _takes_state(method):
+                setattr(cls, event, _mmengine_style(method))

@@ -1,0 +1,135 @@
+"""The registries a config's ``type=`` keys look up, with functrain's entries under
+mmengine's names.
+
+=============================  ==============================================================
+registry                       holds (built in)
+=============================  ==============================================================
+``OPTIMIZERS``                 factories returning a ``GradientTransformation``: every
+                               torch.optim class name (``SGD``, ``AdamW``, ...) and Lion,
+                               LAMB, LARS, ScheduleFreeAdamW, ScheduleFreeSGD
+``OPTIM_WRAPPERS``             ``OptimWrapper``, ``AmpOptimWrapper``
+``OPTIM_WRAPPER_CONSTRUCTORS`` multiplier constructors: ``DefaultOptimWrapperConstructor``
+``PARAM_SCHEDULERS``           mmengine's scheduler names (``CosineAnnealingLR``, ...); a
+                               user function ``f(base, **cfg) -> schedule`` may be added
+``HOOKS``                      callbacks under mmengine hook names (``CheckpointHook``, ...)
+                               and their own names
+``LOOPS``                      ``EpochBasedTrainLoop``, ``IterBasedTrainLoop``, ``ValLoop``,
+                               ``TestLoop``
+``MODELS``, ``DATASETS``       ``DigitsNet`` / ``Digits`` (:mod:`functrain.zoo`)
+``DATA_SAMPLERS``              ``DefaultSampler``, ``InfiniteSampler``
+``METRICS``                    ``Accuracy``, ``MeanMetrics``
+``FUNCTIONS``                  collate functions: ``default_collate``, ``pseudo_collate``
+=============================  ==============================================================
+
+``CALLBACKS`` is another name for ``HOOKS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functrain.config.registry import Lazy, Registry
+
+__all__ = [
+    "CALLBACKS",
+    "DATASETS",
+    "DATA_SAMPLERS",
+    "FUNCTIONS",
+    "HOOKS",
+    "LOOPS",
+    "METRICS",
+    "MODELS",
+    "OPTIMIZERS",
+    "OPTIM_WRAPPERS",
+    "OPTIM_WRAPPER_CONSTRUCTORS",
+    "PARAM_SCHEDULERS",
+    "REGISTRIES",
+]
+
+OPTIMIZERS = Registry("OPTIMIZERS", "optimizer")
+OPTIM_WRAPPERS = Registry("OPTIM_WRAPPERS", "optimizer wrapper")
+OPTIM_WRAPPER_CONSTRUCTORS = Registry("OPTIM_WRAPPER_CONSTRUCTORS", "optimizer wrapper constructor")
+PARAM_SCHEDULERS = Registry("PARAM_SCHEDULERS", "parameter scheduler")
+HOOKS = Registry("HOOKS", "hook")
+CALLBACKS = HOOKS
+LOOPS = Registry("LOOPS", "loop")
+MODELS = Registry("MODELS", "model")
+DATASETS = Registry("DATASETS", "dataset")
+DATA_SAMPLERS = Registry("DATA_SAMPLERS", "data sampler")
+METRICS = Registry("METRICS", "metric")
+FUNCTIONS = Registry("FUNCTIONS", "function")
+
+REGISTRIES: dict[str, Registry] = {
+    r.name: r
+    for r in (
+        OPTIMIZERS,
+        OPTIM_WRAPPERS,
+        OPTIM_WRAPPER_CONSTRUCTORS,
+        PARAM_SCHEDULERS,
+        HOOKS,
+        LOOPS,
+        MODELS,
+        DATASETS,
+        DATA_SAMPLERS,
+        METRICS,
+        FUNCTIONS,
+    )
+}
+
+
+def _register_builtins() -> None:
+    from functrain import callbacks as cb
+    from functrain import loops
+    from functrain.schedules._mmengine import _PLATEAU_TYPES, _TYPES
+    from functrain.transforms.torch_names import EXTRA_OPTIMIZERS, TORCH_OPTIMIZERS
+
+    for name, factory in {**TORCH_OPTIMIZERS, **EXTRA_OPTIMIZERS}.items():
+        OPTIMIZERS.register_module(name, module=factory)
+    for name in ("OptimWrapper", "AmpOptimWrapper"):
+        OPTIM_WRAPPERS.register_module(name, module=name)
+    OPTIM_WRAPPER_CONSTRUCTORS.register_module(
+        "DefaultOptimWrapperConstructor",
+        module=Lazy("functrain.config.optim:DefaultOptimWrapperConstructor"),
+    )
+    for name in (*_TYPES, *_PLATEAU_TYPES):
+        PARAM_SCHEDULERS.register_module(name, module=name)  # built by from_mmengine
+    hooks = {
+        ("IterTimerHook", "IterTimer"): cb.IterTimer,
+        ("LoggerHook", "Logger"): cb.Logger,
+        ("CheckpointHook", "CheckpointCallback"): cb.CheckpointCallback,
+        ("DistSamplerSeedHook", "SamplerSeed"): cb.SamplerSeed,
+        ("EMAHook",): Lazy("functrain.config.optim:ema_hook"),
+        ("EMA",): cb.EMA,
+        ("EarlyStoppingHook", "EarlyStopping"): cb.EarlyStopping,
+        ("ProgressBar",): cb.ProgressBar,
+        ("CurvesPlot",): cb.CurvesPlot,
+        ("SyncBuffersHook", "SyncBuffers"): Lazy("functrain.distributed.data_parallel:SyncBuffers"),
+    }
+    for names, factory in hooks.items():
+        HOOKS.register_module(list(names), module=factory)
+    # Schedules live in the optimizer state and the runner keeps its own runtime info, so
+    # these two default hooks of mmengine have nothing to do: building one gives nothing.
+    for name in ("ParamSchedulerHook", "RuntimeInfoHook"):
+        HOOKS.register_module(name, module=_nothing)
+    for loop in (
+        loops.EpochBasedTrainLoop,
+        loops.IterBasedTrainLoop,
+        loops.ValLoop,
+        loops.TestLoop,
+    ):
+        LOOPS.register_module(module=loop)
+    MODELS.register_module("DigitsNet", module=Lazy("functrain.zoo:DigitsNet"))
+    DATASETS.register_module("Digits", module=Lazy("functrain.zoo:Digits"))
+    for name in ("DefaultSampler", "InfiniteSampler"):
+        DATA_SAMPLERS.register_module(name, module=Lazy(f"functrain.distributed.sampler:{name}"))
+    METRICS.register_module("Accuracy", module=Lazy("functrain.metrics:Accuracy"))
+    METRICS.register_module("MeanMetrics", module=loops.MeanMetrics)
+    FUNCTIONS.register_module("default_collate", module=Lazy("torch.utils.data:default_collate"))
+    FUNCTIONS.register_module("pseudo_collate", module=Lazy("functrain.metrics:pseudo_collate"))
+
+
+def _nothing(**_: Any) -> None:
+    return None
+
+
+_register_builtins()
