@@ -99,3 +99,14 @@ def test_mmengine_style_hook_runs_without_the_state_argument(tmp_path):
     built.runner.train()
     n = len(built.runner.train_dataloader)
     assert seen == [("epoch", 0)] + [("iter", i, True) for i in range(n)]
+
+
+def test_num_class_check_hook_from_the_seed(tmp_path):
+    """The seed's `custom_hooks = [dict(type='NumClassCheckHook')]`."""
+    hooks = [dict(type="NumClassCheckHook")]
+    cfg = config(train_cfg=dict(by_epoch=True, max_epochs=1), custom_hooks=hooks)
+    build_runner(cfg, device="cpu", work_dir=tmp_path / "ok").runner.train()  # 10 == 10
+    cfg["model"] = dict(type="DigitsNet", num_classes=9)
+    runner = build_runner(cfg, device="cpu", work_dir=tmp_path / "bad").runner
+    with pytest.raises(ValueError, match=r"num_classes=9 of DigitsNet .* 10 classes of Digits"):
+        runner.train()

@@ -747,4 +747,5 @@ def build_runner(
         log_level=cfg.get("log_level", "INFO"),
         **_sharded_checkpoint_hooks(plan),
     )
+    runner.model = model  # mmengine's runner.model, for hooks that inspect the module
     return Built(runner=runner, model=model, plan=plan, device=device, cfg=cfg, seed=seed)

@@ -26,7 +26,7 @@ from typing import Any
 
 from functrain.callbacks.base import EVENTS, Callback
 
-__all__ = ["Hook"]
+__all__ = ["Hook", "NumClassCheck"]
 
 
 def _takes_state(method: Callable[..., Any]) -> bool:
@@ -60,3 +60,38 @@ class Hook(Callback):
             method = cls.__dict__.get(event)
             if callable(method) and not _takes_state(method):
                 setattr(cls, event, _mmengine_style(method))
+
+
+class NumClassCheck(Hook):
+    """MMDetection's ``NumClassCheckHook``: before each train and val epoch, every module of
+    the model with an int ``num_classes`` must agree with the length of the dataset's
+    ``metainfo['classes']`` (a tuple or list, not a string).
+
+    Needs ``runner.model`` (set by :func:`functrain.config.build_runner`); a dataset without
+    ``metainfo['classes']`` is skipped, as in MMDetection.
+    """
+
+    def _check(self, runner: Any, loader: Any) -> None:
+        model = getattr(runner, "model", None)
+        dataset = getattr(loader, "dataset", None)
+        classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+        if model is None or classes is None:
+            return
+        if isinstance(classes, str):
+            raise ValueError(
+                f"metainfo['classes'] of {type(dataset).__name__} must be a tuple of names, "
+                f"got the string {classes!r} (write ({classes!r},) for one class)"
+            )
+        for name, module in model.named_modules():
+            n = getattr(module, "num_classes", None)
+            if isinstance(n, int) and not isinstance(n, bool) and n != len(classes):
+                raise ValueError(
+                    f"num_classes={n} of {type(module).__name__} ({name or 'the model'}) does "
+                    f"not match the {len(classes)} classes of {type(dataset).__name__}"
+                )
+
+    def before_train_epoch(self, runner):
+        self._check(runner, runner.train_dataloader)
+
+    def before_val_epoch(self, runner):
+        self._check(runner, runner.val_dataloader)

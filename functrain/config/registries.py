@@ -103,6 +103,7 @@ def _register_builtins() -> None:
         ("EarlyStoppingHook", "EarlyStopping"): cb.EarlyStopping,
         ("ProgressBar",): cb.ProgressBar,
         ("CurvesPlot",): cb.CurvesPlot,
+        ("NumClassCheckHook", "NumClassCheck"): Lazy("functrain.config.hooks:NumClassCheck"),
         ("SyncBuffersHook", "SyncBuffers"): Lazy("functrain.distributed.data_parallel:SyncBuffers"),
     }
     for names, factory in hooks.items():
