@@ -23,7 +23,6 @@ from functrain.config.file import (
     Config,
     ConfigDict,
     ConfigFileError,
-    check_top_level_keys,
     load_config,
     merge_from_dict,
     parse_cfg_options,
@@ -770,47 +769,3 @@ def test_dump_round_trip_property(tmp_path_factory, data: dict) -> None:
     path = tmp_path_factory.mktemp("prop") / "cfg.py"
     Config(data).dump(path)
     assert_same(load_config(path).to_dict(), data)
-
-
-# --------------------------------------------------------------------------------------
-# top-level key check
-# --------------------------------------------------------------------------------------
-
-KNOWN = [
-    "model",
-    "optim_wrapper",
-    "param_scheduler",
-    "train_cfg",
-    "val_cfg",
-    "test_cfg",
-    "default_hooks",
-    "custom_hooks",
-    "custom_imports",
-    "work_dir",
-    "load_from",
-    "resume",
-]
-
-
-@pytest.mark.parametrize(
-    ("key", "suggestion"),
-    [
-        ("optim_wraper", "optim_wrapper"),
-        ("param_schedulers", "param_scheduler"),
-        ("train_cfgs", "train_cfg"),
-        ("default_hook", "default_hooks"),
-        ("Model", "model"),
-        ("custom_import", "custom_imports"),
-    ],
-)
-def test_check_top_level_keys_suggests(key: str, suggestion: str) -> None:
-    with pytest.raises(ConfigFileError) as info:
-        check_top_level_keys({key: 1, "lr": 0.1}, KNOWN)
-    assert str(info.value) == f"unknown config key {key!r}; did you mean {suggestion!r}?"
-
-
-def test_check_top_level_keys_leaves_user_variables() -> None:
-    cfg = {k: 1 for k in KNOWN} | {"lr": 0.1, "max_iters": 10, "interval": 5, "data_root": "x"}
-    check_top_level_keys(cfg, KNOWN)  # no error
-    with pytest.raises(ConfigFileError, match="'optim_wraper'.* Also: .*'train_cfgs'"):
-        check_top_level_keys({"optim_wraper": 1, "train_cfgs": 2}, KNOWN)

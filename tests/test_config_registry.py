@@ -108,3 +108,24 @@ def test_ema_hook_maps_to_the_ema_callback_and_rejects_other_strategies():
     assert isinstance(ema, ft.callbacks.EMA)
     with pytest.raises(ConfigError, match="StochasticWeightAverage"):
         HOOKS.build(dict(type="EMAHook", ema_type="StochasticWeightAverage"), "custom_hooks[0]")
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("optim_wraper", "optim_wrapper"),
+        ("param_schedulers", "param_scheduler"),
+        ("train_cfgs", "train_cfg"),
+        ("default_hook", "default_hooks"),
+        ("Model", "model"),
+        ("custom_import", "custom_imports"),
+    ],
+)
+def test_misspelt_top_level_keys_are_errors_and_user_variables_are_not(key, suggestion):
+    from functrain.config.build import check_top_level
+
+    with pytest.raises(ConfigError) as err:
+        check_top_level({key: 1, "lr": 0.1})
+    assert err.value.path == key
+    assert str(err.value).endswith(f"unknown config key {key!r}; did you mean {suggestion!r}?")
+    check_top_level({"lr": 0.1, "max_iters": 10, "interval": 5, "data_root": "x", "model": {}})

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from functrain.config.file import to_plain
 from functrain.config.optim import OptimizerPlan, build_optimizer
 from functrain.config.registries import (
     DATA_SAMPLERS,
@@ -538,17 +539,6 @@ def _auto_scale_lr(cfg: Mapping[str, Any], optim_wrapper: Mapping[str, Any], bat
     return {**optim_wrapper, "optimizer": optimizer}
 
 
-def to_plain(cfg: Any) -> Any:
-    """Nested dicts / lists / tuples as plain Python containers (a ``Config`` is a dict)."""
-    if isinstance(cfg, Mapping):
-        return {k: to_plain(v) for k, v in cfg.items()}
-    if isinstance(cfg, list):
-        return [to_plain(v) for v in cfg]
-    if isinstance(cfg, tuple):
-        return tuple(to_plain(v) for v in cfg)
-    return cfg
-
-
 def check_top_level(cfg: Mapping[str, Any]) -> None:
     """A top-level key that looks like a misspelt known key is an error."""
     import difflib
@@ -556,7 +546,7 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
     for key in cfg:
         if key in KNOWN_KEYS or key.startswith("_"):
             continue
-        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.8)
+        close = difflib.get_close_matches(key.lower(), KNOWN_KEYS, n=1, cutoff=0.8)
         if close:
             raise ConfigError(key, f"unknown config key {key!r}; did you mean {close[0]!r}?")
         if key in LEGACY_KEYS:

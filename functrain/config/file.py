@@ -63,14 +63,13 @@ import traceback
 import types
 import warnings
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "Config",
     "ConfigDict",
     "ConfigFileError",
-    "check_top_level_keys",
     "load_config",
     "merge_from_dict",
     "parse_cfg_options",
@@ -119,11 +118,15 @@ def _convert(value: Any) -> Any:
     return value
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
+    """Nested mappings / lists / tuples as plain dicts, lists and tuples (a ``Config`` and its
+    ``ConfigDict``s become dicts)."""
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in dict.items(value)}
+        return {k: to_plain(v) for k, v in dict.items(value)}
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
     if type(value) in (list, tuple):
-        return type(value)(_to_plain(v) for v in value)
+        return type(value)(to_plain(v) for v in value)
     return value
 
 
@@ -224,7 +227,7 @@ class ConfigDict(dict):
             >>> type(ConfigDict(a=dict(b=[dict(c=1)])).to_dict()['a']['b'][0])
             <class 'dict'>
         """
-        return _to_plain(self)
+        return to_plain(self)
 
 
 class Config(ConfigDict):
@@ -688,36 +691,6 @@ def parse_cfg_options(items: Sequence[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # Top-level key validation
 # --------------------------------------------------------------------------------------
-
-
-def check_top_level_keys(cfg: Mapping[str, Any], known: Collection[str]) -> None:
-    """Reject top-level keys that look like misspellings of known ones.
-
-    A key not in ``known`` but close to one (difflib ratio >= 0.8, case-insensitive) is an
-    error; keys close to nothing are the user's own variables (``lr``, ``max_iters``, ...) and
-    are left alone.
-
-    Raises:
-        ConfigFileError: (a ValueError) naming every such key and the known key it resembles.
-
-    Example:
-        >>> check_top_level_keys({'optim_wraper': {}, 'lr': 0.1}, ['optim_wrapper', 'model'])
-        Traceback (most recent call last):
-            ...
-        functrain.config.file.ConfigFileError: unknown config key 'optim_wraper'; did you mean 'optim_wrapper'?
-    """
-    by_lower: dict[str, str] = {}
-    for name in sorted(known):
-        by_lower.setdefault(name.lower(), name)
-    problems = []
-    for key in cfg:
-        if not isinstance(key, str) or key in known:
-            continue
-        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.8)
-        if close:
-            problems.append(f"unknown config key {key!r}; did you mean {by_lower[close[0]]!r}?")
-    if problems:
-        raise ConfigFileError(" Also: ".join(problems))
 
 
 # --------------------------------------------------------------------------------------
