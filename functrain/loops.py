@@ -281,6 +281,8 @@ class _TrainLoop:
     max_iters: int
     val_begin: int
     val_interval: int
+    dynamic_milestones: list[int]
+    dynamic_intervals: list[int]
     by_epoch: bool
 
     def _run_iter(self, runner: Runner, batch_idx: int, data_batch: Any) -> None:
@@ -296,6 +298,23 @@ class _TrainLoop:
             history.update("train/" + key, value)
         runner.call("after_train_iter", batch_idx=batch_idx, data_batch=data_batch, outputs=outputs)
         runner.state = runner.state.replace(iteration=runner.state.iteration + 1)
+
+    def _progress(self, runner: Runner) -> tuple[int, int]:
+        """(finished epochs or iterations, their maximum): what validation is counted in."""
+        raise NotImplementedError
+
+    def _maybe_validate(self, runner: Runner) -> None:
+        done, total = self._progress(runner)
+        # mmengine's rule: the interval in force is the one of the last milestone <= done + 1.
+        self.val_interval = self.dynamic_intervals[
+            bisect.bisect(self.dynamic_milestones, done + 1) - 1
+        ]
+        if (
+            runner.val_loop is not None
+            and done >= self.val_begin
+            and (done % self.val_interval == 0 or done == total)
+        ):
+            runner.val_loop.run(runner)
 
 
 class EpochBasedTrainLoop(_TrainLoop):
@@ -349,15 +368,8 @@ class EpochBasedTrainLoop(_TrainLoop):
         runner.call("after_train")
         return runner.state
 
-    def _maybe_validate(self, runner: Runner) -> None:
-        self._decide_current_val_interval(runner.state.epoch)
-        epoch = runner.state.epoch
-        if (
-            runner.val_loop is not None
-            and epoch >= self.val_begin
-            and (epoch % self.val_interval == 0 or epoch == self.max_epochs)
-        ):
-            runner.val_loop.run(runner)
+    def _progress(self, runner: Runner) -> tuple[int, int]:
+        return runner.state.epoch, self.max_epochs
 
     def run_epoch(self, runner: Runner) -> None:
         runner.call("before_train_epoch")
@@ -369,10 +381,6 @@ class EpochBasedTrainLoop(_TrainLoop):
         data_pass.finished = True
         runner.call("after_train_epoch")
         runner.state = runner.state.replace(epoch=runner.state.epoch + 1)
-
-    def _decide_current_val_interval(self, epoch: int) -> None:
-        step = bisect.bisect(self.dynamic_milestones, epoch + 1)
-        self.val_interval = self.dynamic_intervals[step - 1]
 
 
 class IterBasedTrainLoop(_TrainLoop):
@@ -417,19 +425,8 @@ class IterBasedTrainLoop(_TrainLoop):
         runner.call("after_train")
         return runner.state
 
-    def _maybe_validate(self, runner: Runner) -> None:
-        self._decide_current_val_interval(runner.state.iteration)
-        it = runner.state.iteration
-        if (
-            runner.val_loop is not None
-            and it >= self.val_begin
-            and (it % self.val_interval == 0 or it == self.max_iters)
-        ):
-            runner.val_loop.run(runner)
-
-    def _decide_current_val_interval(self, iteration: int) -> None:
-        step = bisect.bisect(self.dynamic_milestones, iteration + 1)
-        self.val_interval = self.dynamic_intervals[step - 1]
+    def _progress(self, runner: Runner) -> tuple[int, int]:
+        return runner.state.iteration, self.max_iters
 
 
 class _InfiniteStream:
