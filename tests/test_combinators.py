@@ -29,6 +29,7 @@ from functrain.transforms.loss_scaling import loss_scaling
 from functrain.transforms.state_values import set_hyperparam, values_in_force
 from functrain.tree import NAMESPACE, flatten
 from tests.conftest import make_tree
+from tests.test_optimizers_extra import check_meta_gradient
 from tests.test_parity_torch import assert_bitwise, assert_rel
 
 PATHS = ("conv", "mat", "nested.a", "nested.b.0", "scalar", "vec")
@@ -568,22 +569,4 @@ def test_pure_update_leaves_its_inputs_untouched(name):
 
 @pytest.mark.parametrize("name", sorted(WRAPPERS))
 def test_grad_through_four_steps_matches_finite_differences(name):
-    tx = WRAPPERS[name]()
-    p0, loss = small_problem()
-
-    def meta_loss(p):
-        state = tx.init(p)
-        for _ in range(4):
-            updates, state = tx.update(torch.func.grad(loss)(p), state, p)
-            p = ft.apply_updates(p, updates)
-        return loss(p)
-
-    analytic = torch.func.grad(meta_loss)(p0)
-    gen = torch.Generator().manual_seed(1)
-    direction = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in p0.items()}
-    h = 1e-6
-    plus = meta_loss({k: p0[k] + h * direction[k] for k in p0})
-    minus = meta_loss({k: p0[k] - h * direction[k] for k in p0})
-    numeric = ((plus - minus) / (2 * h)).item()
-    projected = sum((analytic[k] * direction[k]).sum() for k in p0).item()
-    assert projected == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+    check_meta_gradient(WRAPPERS[name](), steps=4, problem=small_problem)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import functrain as ft
+from tests.test_optimizers_extra import check_meta_gradient
 
 OPTIMIZERS = {
     "adamw": lambda: ft.adamw(lr=0.1),
@@ -41,27 +42,7 @@ def problem():
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_grad_through_three_steps_matches_finite_differences(name):
-    tx = OPTIMIZERS[name]()
-    p0, loss = problem()
-
-    def meta_loss(p):
-        state = tx.init(p)
-        for _ in range(3):
-            grads = torch.func.grad(loss)(p)
-            updates, state = tx.update(grads, state, p)
-            p = ft.apply_updates(p, updates)
-        return loss(p)
-
-    analytic = torch.func.grad(meta_loss)(p0)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        direction = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in p0.items()}
-        h = 1e-6
-        plus = meta_loss({k: p0[k] + h * direction[k] for k in p0})
-        minus = meta_loss({k: p0[k] - h * direction[k] for k in p0})
-        numeric = (plus - minus) / (2 * h)
-        projected = sum((analytic[k] * direction[k]).sum() for k in p0)
-        assert projected.item() == pytest.approx(numeric.item(), rel=1e-6, abs=1e-8)
+    check_meta_gradient(OPTIMIZERS[name](), steps=3, problem=problem)
 
 
 def test_grad_with_respect_to_the_learning_rate():

@@ -25,6 +25,7 @@ from functrain.transforms.rmsprop import rmsprop, scale_by_rms
 from functrain.transforms.rprop import rprop, scale_by_rprop
 from tests.conftest import make_tree
 from tests.test_differentiable import problem
+from tests.test_optimizers_extra import check_meta_gradient
 from tests.test_parity_torch import (
     assert_bitwise,
     assert_rel,
@@ -310,31 +311,11 @@ DIFFERENTIABLE = {
 }
 
 
-def meta_gradient_check(tx, steps):
-    p0, loss = problem()
-
-    def meta_loss(p):
-        state = tx.init(p)
-        for _ in range(steps):
-            updates, state = tx.update(torch.func.grad(loss)(p), state, p)
-            p = ft.apply_updates(p, updates)
-        return loss(p)
-
-    analytic = torch.func.grad(meta_loss)(p0)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        direction = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in p0.items()}
-        h = 1e-6
-        plus = meta_loss({k: p0[k] + h * direction[k] for k in p0})
-        minus = meta_loss({k: p0[k] - h * direction[k] for k in p0})
-        numeric = (plus - minus) / (2 * h)
-        projected = sum((analytic[k] * direction[k]).sum() for k in p0)
-        assert projected.item() == pytest.approx(numeric.item(), rel=1e-6, abs=1e-8)
-
-
 @pytest.mark.parametrize("name", DIFFERENTIABLE)
 def test_grad_through_two_steps_matches_finite_differences(name):
-    meta_gradient_check(DIFFERENTIABLE[name](), steps=7 if "7-steps" in name else 2)
+    check_meta_gradient(
+        DIFFERENTIABLE[name](), steps=7 if "7-steps" in name else 2, problem=problem
+    )
 
 
 @pytest.mark.parametrize("name", ["adamax", "adagrad", "rmsprop", "nadam", "radam", "adadelta"])
