@@ -39,6 +39,7 @@ mmengine hook doing what the functrain ones in ``examples/configs/my_project`` d
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -548,3 +549,35 @@ def test_config_file_loads_as_mmengine_loads_it(name):
     got = to_plain(load_config(CONFIGS / name))
     assert got == expected
     assert "_delete_" not in repr(got)
+
+
+def _logged(work_dir: Path) -> dict[int, dict]:
+    """``{step: record}`` of the training lines of a run's scalars.json (mmengine keeps it in
+    ``<timestamp>/vis_data/``, functrain in ``<timestamp>/``)."""
+    (path,) = [p for p in work_dir.rglob("scalars.json")]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["step"]: r for r in lines if "lr" in r}
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("digits_adamw.py", SHORT),  # the first parameter is in the backbone: lr_mult 0.1
+        ("digits_sgd_clip.py", {**SHORT, "optim_wrapper.accumulative_counts": 3}),
+        ("digits_momentum_cosine.py", {**CYCLIC, "optim_wrapper.accumulative_counts": 2}),
+    ],
+    ids=["lr_mult-first-group", "accumulation", "accumulation-momentum"],
+)
+def test_logged_lr_equals_mmengines_log(tmp_path, name, options):
+    """mmengine logs the first param group's lr (and, with several groups, the base group's
+    as base_lr), its schedulers stepped every iteration, accumulation or not."""
+    cfg = _config(name, {**options, "default_hooks.logger.interval": 7})
+    run_mmengine(cfg, tmp_path / "mm")
+    run_functrain(cfg, tmp_path / "ft")
+    mm, ft = _logged(tmp_path / "mm"), _logged(tmp_path / "ft")
+    assert mm.keys() == ft.keys() and len(mm) >= 5
+    logged = {"lr", "base_lr"} & set(next(iter(mm.values())))  # mmengine logs no momentum
+    assert "lr" in logged
+    for step, record in mm.items():
+        for key in logged:
+            assert ft[step][key] == pytest.approx(record[key], rel=1e-9), (step, key)

@@ -616,6 +616,41 @@ def _env_error(launcher: str, err: BaseException) -> ConfigError:
     return ConfigError(named[1] if named else "env_cfg", text)
 
 
+def _first_group_values(
+    cfg: Mapping[str, Any], model: torch.nn.Module, plan: OptimizerPlan
+) -> dict[str, Any]:
+    """``{name: fn(iteration)}`` for the scalars mmengine would log differently from the
+    state's values (see :class:`~functrain.config.hooks.FirstGroupScalars`), or ``{}``."""
+    if plan.plateaus:  # ReduceOnPlateau changes the state's values: log those
+        return {}
+    first = next(iter(model.named_parameters()), (None, None))
+    per_param = bool(cfg["optim_wrapper"].get("paramwise_cfg")) or (
+        "constructor" in cfg["optim_wrapper"]
+    )
+    mult = plan.multipliers.get(first[0]) if per_param and first[1].requires_grad else None
+    lr_mult = mult.lr_mult if mult is not None else 1.0
+    values: dict[str, Any] = {}
+    lr = plan.schedules.get("lr")
+    base = plan.optimizer.get("lr")
+    if lr_mult != 1.0 and isinstance(base, int | float):
+        rebase = getattr(lr, "with_base", None)
+        if lr is None:
+            values["lr"] = lambda i: base * lr_mult
+        elif rebase is not None:  # mmengine steps each group from its own initial lr
+            values["lr"] = rebase(base * lr_mult)
+        else:
+            values["lr"] = lambda i: lr(i) * lr_mult
+    elif lr is not None and plan.accumulative_counts > 1:
+        values["lr"] = lr
+    if "momentum" in plan.schedules and plan.accumulative_counts > 1:
+        values["momentum"] = plan.schedules["momentum"]
+    if per_param and len(plan.multipliers) > 1 and isinstance(base, int | float):
+        # mmengine's optimizer then has several param groups and also logs `base_lr`, the
+        # schedule of its unscaled base group.
+        values["base_lr"] = lr if lr is not None else (lambda i: base)
+    return values
+
+
 def _sharded_checkpoint_hooks(plan: OptimizerPlan | None) -> dict[str, Any]:
     """A sharded optimizer state is gathered whole into checkpoints and re-sharded on load."""
     if plan is None or not plan.sharded:
@@ -715,6 +750,11 @@ def build_runner(
     test_loop, _ = _eval_loop(cfg, "test", model, device, seed)
     defaults, custom = _build_hooks(cfg)
     if plan is not None:
+        logged = _first_group_values(cfg, model, plan)
+        if logged:
+            from functrain.config.hooks import FirstGroupScalars
+
+            custom.append(FirstGroupScalars(logged))
         for plateau, target in plan.plateaus:
             if target not in ("lr", "momentum"):
                 raise ConfigError(

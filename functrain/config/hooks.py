@@ -26,7 +26,7 @@ from typing import Any
 
 from functrain.callbacks.base import EVENTS, Callback
 
-__all__ = ["Hook", "NumClassCheck"]
+__all__ = ["FirstGroupScalars", "Hook", "NumClassCheck"]
 
 
 def _takes_state(method: Callable[..., Any]) -> bool:
@@ -95,3 +95,33 @@ class NumClassCheck(Hook):
 
     def before_val_epoch(self, runner):
         self._check(runner, runner.val_dataloader)
+
+
+class FirstGroupScalars(Callback):
+    """Log ``lr`` / ``momentum`` as mmengine does: its ``RuntimeInfoHook`` records, before
+    each iteration, the value of the optimizer's *first parameter group*, and its schedulers
+    step every iteration (micro-batches included).
+
+    functrain's state records the base group's values, advanced once per optimizer step;
+    they differ from mmengine's log when the first parameter has an ``lr_mult`` (e.g.
+    ``custom_keys={'backbone': dict(lr_mult=0.1)}`` with the backbone first) or under
+    ``accumulative_counts``. :func:`functrain.config.build_runner` adds this callback then,
+    with ``values = {name: fn(iteration)}`` giving mmengine's per-iteration value; it writes
+    them into ``runner.history`` before the logger reads it. What the optimizer uses is not
+    affected. With several parameter groups mmengine also logs ``base_lr``, the unscaled
+    group's value; so does this callback when given it.
+
+    Args:
+        values: ``{"lr": fn, "base_lr": fn, "momentum": fn}`` (any of them), each
+            ``fn(iteration) -> float``.
+    """
+
+    priority = "ABOVE_NORMAL"  # before the logger (BELOW_NORMAL)
+    name = "first_group_scalars"
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = dict(values)
+
+    def after_train_iter(self, runner, state, batch_idx, data_batch=None, outputs=None):
+        for name, fn in self.values.items():
+            runner.history.update(f"train/{name}", float(fn(runner.iter)))
