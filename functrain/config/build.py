@@ -205,12 +205,10 @@ def _randomness(cfg: Mapping[str, Any], rank: int) -> int | None:
                 f"unknown key {key!r}{suggest(key, allowed)} (accepted: {', '.join(allowed)})",
             )
     seed = rnd.get("seed")
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
-        from functrain.distributed.comm import broadcast_object, is_distributed
+    if seed is None:  # mmengine: rank 0 draws one and every rank uses it
+        from functrain.distributed.comm import sync_random_seed
 
-        if is_distributed():
-            seed = broadcast_object(seed)
+        seed = sync_random_seed()
     elif isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError("randomness.seed", f"expected an int, got {seed!r}")
     if rnd.get("diff_rank_seed", False):
