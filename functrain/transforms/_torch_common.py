@@ -50,36 +50,6 @@ def increment(count: Tensor, donate: bool) -> Tensor:
     return count.add_(1) if donate else count + 1
 
 
-def neg(xs: list[Tensor], inplace: bool) -> list[Tensor]:
-    if inplace:
-        torch._foreach_neg_(xs)
-        return xs
-    return fe.neg(xs)
-
-
-def abs_(xs: list[Tensor], inplace: bool) -> list[Tensor]:
-    if inplace:
-        torch._foreach_abs_(xs)
-        return xs
-    return list(torch._foreach_abs(xs))
-
-
-def sqrt(xs: list[Tensor], inplace: bool) -> list[Tensor]:
-    """In place only on a buffer autograd has not saved (the donating path)."""
-    if inplace:
-        torch._foreach_sqrt_(xs)
-        return xs
-    return fe.sqrt(xs)
-
-
-def sub(xs: list[Tensor], ys: list[Tensor], inplace: bool) -> list[Tensor]:
-    """Elementwise ``xs - ys``."""
-    if inplace:
-        torch._foreach_sub_(xs, ys)
-        return xs
-    return list(torch._foreach_sub(xs, ys))
-
-
 def addcmul_scalar(xs: list[Tensor], a: list[Tensor], b: Tensor, inplace: bool) -> list[Tensor]:
     """``xs + a * b`` for a 0-d tensor ``b`` (a list of it: torch has no TensorList x Tensor
     addcmul, and autograd needs the list form anyway)."""

@@ -92,11 +92,11 @@ def scale_by_adadelta(
             g: list[Tensor], v: list[Tensor], a: list[Tensor]
         ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
             if maximize:
-                g = tc.neg(g, donate)
+                g = fe.neg(g, donate)
             v = fe.addcmul(fe.mul(v, rho, donate), g, g, 1 - rho, donate)
             # New buffers: sqrt may run in place on them only where autograd is not watching.
-            std = tc.sqrt(fe.add(v, eps, False), donate)
-            delta = tc.sqrt(fe.add(a, eps, False), donate)
+            std = fe.sqrt(fe.add(v, eps, False), donate)
+            delta = fe.sqrt(fe.add(a, eps, False), donate)
             delta = fe.mul(fe.div(delta, std, donate), g, donate)
             a = fe.addcmul(fe.mul(a, rho, donate), delta, delta, 1 - rho, donate)
             return delta, v, a

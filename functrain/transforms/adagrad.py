@@ -81,9 +81,9 @@ def scale_by_adagrad(
 
         def group(g: list[Tensor], s: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
             if maximize:
-                g = tc.neg(g, donate)
+                g = fe.neg(g, donate)
             s = fe.addcmul(s, g, g, 1.0, donate)
-            std = fe.add(tc.sqrt(s, False), eps, donate)
+            std = fe.add(fe.sqrt(s, False), eps, donate)
             return fe.div(g, std, donate), s
 
         direction, sums = info.foreach(group, updates, list(state.sum_of_squares))

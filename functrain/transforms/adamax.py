@@ -93,10 +93,10 @@ def scale_by_adamax(
             g: list[Tensor], m: list[Tensor], u: list[Tensor]
         ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
             if maximize:
-                g = tc.neg(g, donate)
+                g = fe.neg(g, donate)
             m = fe.lerp(m, g, 1 - b1, donate)
             # g is not needed after the lerp: |g| + eps may overwrite it when donating.
-            norm = fe.add(tc.abs_(g, donate), eps, donate)
+            norm = fe.add(fe.abs(g, donate), eps, donate)
             u = fe.maximum(fe.mul(u, b2, donate), norm, donate)
             direction = fe.div(fe.div(m, u, False), bc1, donate)
             return direction, m, u

@@ -130,7 +130,7 @@ def scale_by_asgd(
         # 0 or 1 first makes both cases one formula, with no host sync.
         keep = (mu != 1).to(mu.dtype)
         ax = fe.mul(ax, keep, donate)
-        return fe.add(ax, fe.mul(tc.sub(new_p, ax, False), mu, donate), donate)
+        return fe.add(ax, fe.mul(fe.sub(new_p, ax, False), mu, donate), donate)
 
     def update(
         updates: list[Tensor],
@@ -152,11 +152,11 @@ def scale_by_asgd(
             g: list[Tensor], p: list[Tensor], ax: list[Tensor]
         ) -> tuple[list[Tensor], list[Tensor]]:
             if maximize:
-                g = tc.neg(g, donate)
+                g = fe.neg(g, donate)
             new_p = fe.mul(p, decay, False)
             new_p = tc.addcmul_scalar(new_p, g, -eta, donate)
             ax = averaged(ax, new_p, state.mu, donate)
-            return tc.sub(new_p, p, donate), ax
+            return fe.sub(new_p, p, donate), ax
 
         out, ax = info.foreach(group, updates, params, list(state.ax))
         count = tc.increment(state.count, donate)

@@ -96,9 +96,31 @@ def maximum(xs: list[Tensor], ys: list[Tensor], inplace: bool) -> list[Tensor]:
     return list(torch._foreach_maximum(xs, ys))
 
 
-def sqrt(xs: list[Tensor]) -> list[Tensor]:
+def sqrt(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:
+    """In place only on a buffer autograd has not saved (the donating path)."""
+    if inplace:
+        torch._foreach_sqrt_(xs)
+        return xs
     return list(torch._foreach_sqrt(xs))
 
 
-def neg(xs: list[Tensor]) -> list[Tensor]:
+def neg(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:
+    if inplace:
+        torch._foreach_neg_(xs)
+        return xs
     return list(torch._foreach_neg(xs))
+
+
+def abs(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:  # noqa: A001 - foreach's name
+    if inplace:
+        torch._foreach_abs_(xs)
+        return xs
+    return list(torch._foreach_abs(xs))
+
+
+def sub(xs: list[Tensor], ys: list[Tensor], inplace: bool = False) -> list[Tensor]:
+    """Elementwise ``xs - ys``."""
+    if inplace:
+        torch._foreach_sub_(xs, ys)
+        return xs
+    return list(torch._foreach_sub(xs, ys))

@@ -119,10 +119,10 @@ def scale_by_nadam(
             g: list[Tensor], m: list[Tensor], v: list[Tensor]
         ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
             if maximize:
-                g = tc.neg(g, donate)
+                g = fe.neg(g, donate)
             m = fe.lerp(m, g, 1 - b1, donate)
             v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
-            denom = fe.add(tc.sqrt(fe.div(v, bc2, False), donate), eps, donate)
+            denom = fe.add(fe.sqrt(fe.div(v, bc2, False), donate), eps, donate)
             direction = tc.addcmul_scalar(fe.mul(g, coef_grad, donate), m, coef_avg, donate)
             return fe.div(direction, denom, donate), m, v
 

@@ -111,11 +111,11 @@ def scale_by_radam(
             g: list[Tensor], m: list[Tensor], v: list[Tensor]
         ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
             if maximize:
-                g = tc.neg(g, donate)
+                g = fe.neg(g, donate)
             m = fe.lerp(m, g, 1 - b1, donate)
             v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
             # (sqrt(v) + eps) when rectified, else 1: sqrt(v) * on + (eps * on + 1 - on).
-            denom = fe.mul(tc.sqrt(v, False), on, donate)
+            denom = fe.mul(fe.sqrt(v, False), on, donate)
             denom = tc.add_scalar(denom, eps * on + (1 - on), donate)
             direction = fe.mul(fe.div(m, bc1, False), scale_num, donate)
             return fe.div(direction, denom, donate), m, v

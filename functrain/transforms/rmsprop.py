@@ -84,13 +84,13 @@ def scale_by_rms(
 
         def group(g: list[Tensor], v: list[Tensor], *m: list[Tensor]) -> tuple[list[Tensor], ...]:
             if maximize:
-                g = tc.neg(g, donate)
+                g = fe.neg(g, donate)
             v = fe.addcmul(fe.mul(v, alpha, donate), g, g, 1 - alpha, donate)
             if centered:
                 mean = fe.lerp(m[0], g, 1 - alpha, donate)
-                avg = tc.sqrt(fe.addcmul(v, mean, mean, -1.0, False), donate)
+                avg = fe.sqrt(fe.addcmul(v, mean, mean, -1.0, False), donate)
             else:
-                avg = tc.sqrt(v, False)
+                avg = fe.sqrt(v, False)
             avg = fe.add(avg, eps, donate)
             direction = fe.div(g, avg, donate)
             return (direction, v, mean) if centered else (direction, v)

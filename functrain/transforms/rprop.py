@@ -149,14 +149,14 @@ def scale_by_rprop(
             g: list[Tensor], prev: list[Tensor], size: list[Tensor]
         ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
             if maximize:
-                g = tc.neg(g, donate)
+                g = fe.neg(g, donate)
             size, g = gated(g, prev, size, donate)
             # The old prev buffer is free once the products are taken: it holds the update.
             signs = prev if donate else list(torch._foreach_sign(g))
             if donate:
                 torch._foreach_copy_(signs, g)
                 torch._foreach_sign_(signs)
-            return tc.neg(fe.mul(signs, size, donate), donate), g, size
+            return fe.neg(fe.mul(signs, size, donate), donate), g, size
 
         lists = (updates, list(state.prev), list(state.step_size))
         out, prev, size = info.foreach(group, *lists)
