@@ -64,20 +64,6 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-def leaf_norms(xs: list[Tensor]) -> Tensor:
-    """The 2-norm of every tensor of one (device, dtype) group, stacked in float64."""
-    return torch.stack(list(torch._foreach_norm(xs))).to(torch.float64)
-
-
-def per_leaf(values: Tensor, like: list[Tensor]) -> list[Tensor]:
-    """A 1-d float64 tensor of per-leaf scalars as 0-d tensors in the leaves' dtype.
-
-    ``torch._foreach_mul(xs, per_leaf(...))`` then scales each leaf by its own scalar, as
-    torch's ``alpha=`` per parameter does, without reading the values on the host.
-    """
-    return list(values.to(like[0].dtype).unbind()) if like else []
-
-
 def sqrt_numels(xs: list[Tensor]) -> Tensor:
     """``numel ** 0.5`` per leaf in float64, as torch's Adafactor computes it (in Python
     floats). Cached per (numels, device): building it each step would be a host-to-device
@@ -240,8 +226,8 @@ def scale_by_factored_rms(
                     u[i] = est[j]
             u = _rsqrt(u, donate)
             u = fe.mul(u, g, donate)
-            denom = torch.clamp_min(leaf_norms(u) / (sqrt_numels(u) * d), 1.0)
-            u = fe.div(u, per_leaf(denom, u), donate)
+            denom = torch.clamp_min(fe.leaf_norms(u) / (sqrt_numels(u) * d), 1.0)
+            u = fe.div(u, fe.per_leaf(denom, u), donate)
             return u, new_rows, new_cols, new_vars
 
         u, rows, cols, variances = info.foreach(
@@ -341,8 +327,8 @@ def scale_by_relative_step(
             # A torch param group's lr is lr * lr_mult (mask_multipliers).
             lr_mult = info.group_multipliers(g)[0]
             rho = torch.minimum(lr * lr_mult if lr_mult != 1.0 else lr, inv_sqrt_t)
-            alpha = torch.clamp_min(leaf_norms(p) / sqrt_numels(p), eps) * rho
-            return fe.mul(u, per_leaf(-alpha, u), info.donate)
+            alpha = torch.clamp_min(fe.leaf_norms(p) / sqrt_numels(p), eps) * rho
+            return fe.mul(u, fe.per_leaf(-alpha, u), info.donate)
 
         out = info.foreach(group, updates, params, with_group=True)
         return out, LearningRateState(state.count + 1, lr)

@@ -124,3 +124,17 @@ def sub(xs: list[Tensor], ys: list[Tensor], inplace: bool = False) -> list[Tenso
         torch._foreach_sub_(xs, ys)
         return xs
     return list(torch._foreach_sub(xs, ys))
+
+
+def leaf_norms(xs: list[Tensor]) -> Tensor:
+    """The 2-norm of every tensor of one (device, dtype) group, stacked in float64."""
+    return torch.stack(list(torch._foreach_norm(xs))).to(torch.float64)
+
+
+def per_leaf(values: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """A 1-d float64 tensor of per-leaf scalars as 0-d tensors in the leaves' dtype.
+
+    ``mul(xs, per_leaf(...), inplace)`` then scales each leaf by its own scalar, as torch's
+    ``alpha=`` per parameter does, without reading the values on the host.
+    """
+    return list(values.to(like[0].dtype).unbind()) if like else []

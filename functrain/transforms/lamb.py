@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
-from functrain.transforms.adafactor import leaf_norms, per_leaf
 from functrain.transforms.adam import scale_by_adam
 from functrain.transforms.base import (
     EmptyState,
@@ -84,11 +83,11 @@ def scale_by_trust_ratio(
             )
 
         def group(u: list[Tensor], p: list[Tensor]) -> list[Tensor]:
-            param_norm = torch.clamp_min(leaf_norms(p), min_norm)
-            update_norm = torch.clamp_min(leaf_norms(u), min_norm)
+            param_norm = torch.clamp_min(fe.leaf_norms(p), min_norm)
+            update_norm = torch.clamp_min(fe.leaf_norms(u), min_norm)
             zero = (param_norm == 0) | (update_norm == 0)
             ratio = safe_ratio(trust_coefficient * param_norm, update_norm + eps, zero)
-            return fe.mul(u, per_leaf(ratio, u), info.donate)
+            return fe.mul(u, fe.per_leaf(ratio, u), info.donate)
 
         return info.foreach(group, updates, params), state
 

@@ -21,7 +21,6 @@ from typing import Any
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
-from functrain.transforms.adafactor import leaf_norms, per_leaf
 from functrain.transforms.base import (
     EmptyState,
     FlatTransform,
@@ -79,12 +78,12 @@ def scale_by_lars(
         def group(index: int, g: list[Tensor], p: list[Tensor]) -> list[Tensor]:
             # mask_multipliers' decay_mult scales this group's weight decay.
             wd = base_wd * info.group_multipliers(index)[1]
-            param_norm = leaf_norms(p)
-            grad_norm = leaf_norms(g)
+            param_norm = fe.leaf_norms(p)
+            grad_norm = fe.leaf_norms(g)
             zero = (param_norm == 0) | (grad_norm == 0)
             ratio = safe_ratio(eta * param_norm, grad_norm + wd * param_norm + eps, zero)
             u = fe.add(g, p, False, alpha=wd) if wd else g
-            return fe.mul(u, per_leaf(ratio, u), info.donate)
+            return fe.mul(u, fe.per_leaf(ratio, u), info.donate)
 
         return info.foreach(group, updates, params, with_group=True), state
 
