@@ -186,7 +186,11 @@ def make_train_step(
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             scaled, (loss, aux) = compute(leaves, buffers, batch, device_type, scale)
+            if buckets is not None:  # all-reduce each bucket as backward fills it
+                buckets.attach(list(leaves.values()))
             grads = torch.autograd.grad(scaled, list(leaves.values()), allow_unused=True)
+        if buckets is not None:
+            return dict(zip(leaves, buckets.finish(grads), strict=True)), (loss, aux)
         out = {
             k: g if g is not None else torch.zeros_like(params[k])
             for k, g in zip(leaves, grads, strict=True)
@@ -206,9 +210,11 @@ def make_train_step(
 
     grad_fn = func_grad if grad == "func" else autograd_grad
     average = _data_parallel_averaging(tx, grad, distributed, bucket_cap_mb, process_group)
+    buckets = None
     if average is not None and bucket_cap_mb is not None:
-        grad_fn = _bucketed_autograd_grad(compute, bucket_cap_mb, process_group)
-        average = None
+        from functrain.distributed.data_parallel import GradientBuckets
+
+        buckets, average = GradientBuckets(bucket_cap_mb, process_group), None
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Tensor]]:
         if not model.training:
@@ -272,33 +278,6 @@ def _data_parallel_averaging(
         return dict(zip(grads, all_reduce_mean(list(grads.values()), process_group), strict=True))
 
     return average
-
-
-def _bucketed_autograd_grad(
-    compute: Callable[..., tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]],
-    bucket_cap_mb: float,
-    process_group: Any,
-) -> Callable[..., tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]]:
-    """``grad="autograd"`` with the averaging all-reduce overlapped with backward."""
-    from functrain.distributed.data_parallel import GradientBuckets
-
-    buckets = GradientBuckets(bucket_cap_mb, process_group)
-
-    def bucketed_grad(
-        params: dict[str, Tensor],
-        buffers: dict[str, Tensor],
-        batch: Any,
-        device_type: str,
-        scale: Tensor | None,
-    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
-        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        with torch.enable_grad():
-            scaled, (loss, aux) = compute(leaves, buffers, batch, device_type, scale)
-            buckets.attach(list(leaves.values()))
-            grads = torch.autograd.grad(scaled, list(leaves.values()), allow_unused=True)
-        return dict(zip(leaves, buckets.finish(grads), strict=True)), (loss, aux)
-
-    return bucketed_grad
 
 
 def make_eval_step(
