@@ -34,7 +34,7 @@ from torch.func import functional_call, grad_and_value
 
 from functrain.state import TrainState
 from functrain.transforms.base import GradientTransformation
-from functrain.transforms.fused import apply_gradients
+from functrain.transforms.fused_step import apply_gradients
 from functrain.transforms.loss_scaling import find_loss_scale_state
 
 __all__ = ["make_eval_step", "make_train_step"]

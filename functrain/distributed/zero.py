@@ -68,8 +68,8 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.fused import apply_gradients
-from functrain.transforms.fusion import Kernel
+from functrain.transforms.fused_step import apply_gradients
+from functrain.transforms.kernel_specs import Kernel
 from functrain.tree import NAMESPACE, TreeInfo, flatten_like
 
 __all__ = [

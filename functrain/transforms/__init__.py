@@ -53,7 +53,7 @@ from functrain.transforms.combinators import (
     partition,
     set_to_zero,
 )
-from functrain.transforms.fused import apply_gradients, fusion_plan
+from functrain.transforms.fused_step import apply_gradients, fusion_plan
 from functrain.transforms.lamb import lamb, scale_by_trust_ratio
 from functrain.transforms.lars import lars, scale_by_lars
 from functrain.transforms.lbfgs import LbfgsState, lbfgs

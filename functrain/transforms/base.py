@@ -22,7 +22,7 @@ import optree
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
-from functrain.transforms.fusion import MultiplierSpec
+from functrain.transforms.kernel_specs import MultiplierSpec
 from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten, flatten_like
 
 __all__ = [
@@ -112,7 +112,7 @@ class FlatTransform:
             values either way.
         name: a short name for reprs and error messages.
         fusion: what the fused fast path needs to know about this transform (see
-            :mod:`functrain.transforms.fused`), or ``None`` when it has no fused form.
+            :mod:`functrain.transforms.fused_step`), or ``None`` when it has no fused form.
         parts: for a chain, its members (the fast path plans over them).
     """
 

@@ -16,7 +16,7 @@ from functrain.transforms.base import (
     state_record,
     stateless_foreach,
 )
-from functrain.transforms.fusion import GradScale
+from functrain.transforms.kernel_specs import GradScale
 from functrain.transforms.validation import check_positive
 from functrain.tree import TreeInfo, global_norm
 

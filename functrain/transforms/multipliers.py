@@ -30,7 +30,7 @@ import attrs
 from torch import Tensor, nn
 
 from functrain.transforms.base import GradientTransformation, stateless_foreach
-from functrain.transforms.fusion import MultiplierSpec
+from functrain.transforms.kernel_specs import MultiplierSpec
 
 __all__ = [
     "Multiplier",

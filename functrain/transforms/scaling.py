@@ -17,7 +17,7 @@ from functrain.transforms.base import (
     state_record,
     stateless_foreach,
 )
-from functrain.transforms.fusion import Decay, Scalar
+from functrain.transforms.kernel_specs import Decay, Scalar
 from functrain.transforms.hyperparams import initial_value, value_at
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo

@@ -32,7 +32,7 @@ the optimizer's own tensors stay where it puts them.
 
 Exactness. Through :func:`functrain.apply_gradients` (what :func:`functrain.make_train_step`
 and the loops use) the optimizer writes the new parameters itself (the transform carries a
-fused-path descriptor, :class:`~functrain.transforms.fusion.Kernel`, for this), so they are
+fused-path descriptor, :class:`~functrain.transforms.kernel_specs.Kernel`, for this), so they are
 bitwise the imperative ones; with ``donate=True`` it even steps in place on the donated
 parameters, with no copy. Two caveats of that path are functrain's usual ones: a
 :func:`functrain.clip` right before it is folded in as ``grads / (1 / coefficient)`` (an
@@ -68,7 +68,7 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.fusion import Kernel, group_value
+from functrain.transforms.kernel_specs import Kernel, group_value
 from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.validation import is_schedule
 from functrain.tree import TreeInfo, foreach_clone

@@ -3,7 +3,7 @@
 A chain such as ``chain(clip(35), add_decayed_weights(1e-4), trace(0.9),
 scale_by_learning_rate(0.02))`` is, algebraically, one call of ``torch._fused_sgd_``.
 :func:`apply_gradients` finds the last member with a fused kernel (see
-:mod:`functrain.transforms.fusion`), folds the weight decay next to it and the scalings after
+:mod:`functrain.transforms.kernel_specs`), folds the weight decay next to it and the scalings after
 it into the kernel's ``weight_decay`` and ``lr`` and a global-norm clip before it into the
 kernel's ``grad_scale``, runs any other member before it as usual, and lets the kernel write
 the new parameters. It is the kernel torch.optim's ``fused=True`` uses: without a clip the
@@ -34,7 +34,7 @@ from functrain.transforms.base import (
     as_flat,
     chain_multipliers,
 )
-from functrain.transforms.fusion import Decay, GradScale, Kernel, MultiplierSpec, Scalar
+from functrain.transforms.kernel_specs import Decay, GradScale, Kernel, MultiplierSpec, Scalar
 from functrain.tree import PyTree, TreeInfo, flatten, flatten_like, foreach_clone
 
 __all__ = ["apply_gradients", "fusion_plan"]
