@@ -18,8 +18,8 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.kernel_specs import Kernel, group_value
 from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.kernel_specs import Kernel, group_value
 from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo

@@ -16,8 +16,8 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.kernel_specs import Kernel, group_value
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
+from functrain.transforms.kernel_specs import Kernel, group_value
 from functrain.transforms.scaling import add_decayed_weights
 from functrain.transforms.validation import check_betas, check_nonnegative, is_schedule
 from functrain.tree import TreeInfo, describe_mismatch, foreach_clone

@@ -20,8 +20,8 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.scaling import add_decayed_weights, scale
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten

@@ -17,8 +17,8 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 

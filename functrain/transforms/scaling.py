@@ -17,8 +17,8 @@ from functrain.transforms.base import (
     state_record,
     stateless_foreach,
 )
-from functrain.transforms.kernel_specs import Decay, Scalar
 from functrain.transforms.hyperparams import initial_value, value_at
+from functrain.transforms.kernel_specs import Decay, Scalar
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 

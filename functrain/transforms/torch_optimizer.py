@@ -68,8 +68,8 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.kernel_specs import Kernel, group_value
 from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.kernel_specs import Kernel, group_value
 from functrain.transforms.validation import is_schedule
 from functrain.tree import TreeInfo, foreach_clone
 
