@@ -37,7 +37,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from functrain.config.build import build_runner
-    from functrain.distributed.comm import is_main_process
+    from functrain.ranks import is_main_process
 
     cfg = _load(args)
     work_dir = (

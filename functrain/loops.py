@@ -63,6 +63,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from functrain import ranks as comm  # rank queries and object collectives
 from functrain.callbacks.base import Callback, CallbackList, ScalarHistory
 from functrain.checkpoint import (
     FORMAT,
@@ -74,7 +75,6 @@ from functrain.checkpoint import (
     restore_state,
     state_to_dict,
 )
-from functrain.distributed import comm
 from functrain.state import RngState, TrainState, capture_rng, restore_rng
 
 __all__ = [

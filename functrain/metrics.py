@@ -66,7 +66,7 @@ class Accuracy:
 
     def evaluate(self) -> dict[str, float]:
         """The accuracy over every sample processed, on all ranks under torch.distributed."""
-        from functrain.distributed.comm import get_world_size
+        from functrain.ranks import get_world_size
 
         if self._correct is None or self._count == 0:
             raise ValueError("Accuracy.evaluate: no batch was processed")

@@ -11,7 +11,7 @@ from typing import Any
 
 from functrain.callbacks.base import Callback
 from functrain.checkpoint import atomic_write_text
-from functrain.distributed.comm import is_main_process
+from functrain.ranks import is_main_process
 
 __all__ = ["CheckpointCallback", "infer_rule"]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from functrain.callbacks._opt_state import get_at, hyperparameter_paths
 from functrain.callbacks.base import Callback, ScalarHistory
-from functrain.distributed.comm import is_main_process
+from functrain.ranks import is_main_process
 
 __all__ = ["Logger"]
 

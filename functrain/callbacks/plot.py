@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from functrain.callbacks.base import Callback
-from functrain.distributed.comm import is_main_process
+from functrain.ranks import is_main_process
 
 __all__ = ["CurvesPlot", "plot_curves"]
 

@@ -7,7 +7,7 @@ import time
 from typing import Any, TextIO
 
 from functrain.callbacks.base import Callback
-from functrain.distributed.comm import is_main_process
+from functrain.ranks import is_main_process
 
 __all__ = ["ProgressBar"]
 

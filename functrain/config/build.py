@@ -206,7 +206,7 @@ def _randomness(cfg: Mapping[str, Any], rank: int) -> int | None:
             )
     seed = rnd.get("seed")
     if seed is None:  # mmengine: rank 0 draws one and every rank uses it
-        from functrain.distributed.comm import sync_random_seed
+        from functrain.ranks import sync_random_seed
 
         seed = sync_random_seed()
     elif isinstance(seed, bool) or not isinstance(seed, int):
@@ -528,7 +528,7 @@ def _auto_scale_lr(cfg: Mapping[str, Any], optim_wrapper: Mapping[str, Any], bat
     base = scale["base_batch_size"]
     if isinstance(base, bool) or not isinstance(base, int | float) or base <= 0:
         raise ConfigError("auto_scale_lr.base_batch_size", f"expected a number > 0, got {base!r}")
-    from functrain.distributed.comm import get_world_size
+    from functrain.ranks import get_world_size
 
     ratio = get_world_size() * batch / scale["base_batch_size"]
     optimizer = dict(optim_wrapper["optimizer"])
@@ -720,7 +720,7 @@ def build_runner(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
-        from functrain.distributed.comm import get_local_rank
+        from functrain.ranks import get_local_rank
 
         device = torch.device("cuda", get_local_rank())
 
