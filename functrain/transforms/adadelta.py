@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from functrain.transforms import _torch_common as tc
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -73,10 +72,22 @@ def scale_by_adadelta(
     eps = float(eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdadeltaState:
-        device = tc.device_of(params)
+        device = parts.device_of(params)
         return ScaleByAdadeltaState(
-            tc.step_counter(device), tc.zeros(params), tc.zeros(params), paths=info.paths
+            parts.step_counter(device), parts.zeros(params), parts.zeros(params), info.paths
         )
+
+    def rule(
+        g: list[Tensor], v: list[Tensor], a: list[Tensor], inplace: bool
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The algorithm: ``delta`` and the new ``(square_avg, acc_delta)``."""
+        v = fe.addcmul(fe.mul(v, rho, inplace), g, g, 1 - rho, inplace)
+        # New buffers: sqrt may run in place on them only where autograd is not watching.
+        std = fe.sqrt(fe.add(v, eps, False), inplace)
+        delta = fe.sqrt(fe.add(a, eps, False), inplace)
+        delta = fe.mul(fe.div(delta, std, inplace), g, inplace)
+        a = fe.addcmul(fe.mul(a, rho, inplace), delta, delta, 1 - rho, inplace)
+        return delta, v, a
 
     def update(
         updates: list[Tensor],
@@ -88,22 +99,14 @@ def scale_by_adadelta(
         check_state_paths("scale_by_adadelta", state.paths, info)
         donate = info.donate
 
-        def group(
-            g: list[Tensor], v: list[Tensor], a: list[Tensor]
-        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        def group(g: list[Tensor], v: list[Tensor], a: list[Tensor]) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g, donate)
-            v = fe.addcmul(fe.mul(v, rho, donate), g, g, 1 - rho, donate)
-            # New buffers: sqrt may run in place on them only where autograd is not watching.
-            std = fe.sqrt(fe.add(v, eps, False), donate)
-            delta = fe.sqrt(fe.add(a, eps, False), donate)
-            delta = fe.mul(fe.div(delta, std, donate), g, donate)
-            a = fe.addcmul(fe.mul(a, rho, donate), delta, delta, 1 - rho, donate)
-            return delta, v, a
+            return rule(g, v, a, donate)
 
         lists = (updates, list(state.square_avg), list(state.acc_delta))
         direction, square_avg, acc_delta = info.foreach(group, *lists)
-        count = tc.increment(state.count, donate)
+        count = parts.increment(state.count, donate)
         return direction, ScaleByAdadeltaState(
             count, tuple(square_avg), tuple(acc_delta), state.paths
         )
@@ -115,39 +118,24 @@ def scale_by_adadelta(
         info: TreeInfo,
         *,
         lr: float | Tensor,
-        weight_decay: float,
-        decoupled: bool,
-        grad_scale: Tensor | None = None,
+        **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByAdadeltaState]:
+        """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
         check_state_paths("scale_by_adadelta", state.paths, info)
-        count = tc.increment(state.count, info.donate)
+        donate = info.donate
+        count = parts.increment(state.count, donate)
+
+        def body(
+            p: list[Tensor], g: list[Tensor], v: list[Tensor], a: list[Tensor]
+        ) -> tuple[list[Tensor], ...]:
+            delta, v, a = rule(g, v, a, donate)
+            # torch's single-tensor step: p.add_(delta, alpha=-lr).
+            return fe.add_scaled(p, delta, -lr, donate), v, a
+
         bufs = (state.square_avg, state.acc_delta)
-        params, grads, (square_avg, acc_delta) = tc.kernel_inputs(params, grads, bufs, info)
-
-        def group(p: list[Tensor], g: list[Tensor], v: list[Tensor], a: list[Tensor]) -> None:
-            tc.prepare_grads(
-                p,
-                g,
-                grad_scale=grad_scale,
-                maximize=maximize,
-                weight_decay=weight_decay,
-                decoupled=decoupled,
-                lr=lr,
-            )
-            torch._foreach_mul_(v, rho)
-            torch._foreach_addcmul_(v, g, g, 1 - rho)
-            std = torch._foreach_add(v, eps)
-            torch._foreach_sqrt_(std)
-            delta = torch._foreach_add(a, eps)
-            torch._foreach_sqrt_(delta)
-            torch._foreach_div_(delta, std)
-            # g becomes the update: the gradient is not needed any more.
-            torch._foreach_mul_(g, delta)
-            torch._foreach_mul_(a, rho)
-            torch._foreach_addcmul_(a, g, g, 1 - rho)
-            tc.add_scaled_(p, g, -lr)
-
-        tc.per_group(info, group, params, grads, square_avg, acc_delta)
+        params, square_avg, acc_delta = parts.one_pass(
+            info, body, params, grads, *bufs, maximize=maximize, lr=lr, **prologue
+        )
         return params, ScaleByAdadeltaState(count, tuple(square_avg), tuple(acc_delta), state.paths)
 
     name = f"scale_by_adadelta(rho={rho:g}, eps={eps:g}, maximize={maximize})"

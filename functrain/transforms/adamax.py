@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from functrain.transforms import _torch_common as tc
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -18,8 +18,8 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
@@ -68,14 +68,23 @@ def scale_by_adamax(
     eps = float(eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdamaxState:
-        device = tc.device_of(params)
+        device = parts.device_of(params)
         return ScaleByAdamaxState(
-            tc.step_counter(device), tc.zeros(params), tc.zeros(params), paths=info.paths
+            parts.step_counter(device), parts.zeros(params), parts.zeros(params), info.paths
         )
 
     def bias_correction(count: Tensor) -> Tensor:
         # In float64, as torch.optim evaluates it (in Python floats) for every param dtype.
         return 1 - torch.pow(b1, count.to(torch.float64))
+
+    def moments(
+        g: list[Tensor], m: list[Tensor], u: list[Tensor], inplace: bool
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The algorithm: the new ``(exp_avg, exp_inf)``; ``g`` is overwritten when in place."""
+        m = fe.lerp(m, g, 1 - b1, inplace)
+        # g is not needed after the lerp: |g| + eps may overwrite it.
+        norm = fe.add(fe.abs(g, inplace), eps, inplace)
+        return m, fe.maximum(fe.mul(u, b2, inplace), norm, inplace)
 
     def update(
         updates: list[Tensor],
@@ -86,20 +95,14 @@ def scale_by_adamax(
     ) -> tuple[list[Tensor], ScaleByAdamaxState]:
         check_state_paths("scale_by_adamax", state.paths, info)
         donate = info.donate
-        count = tc.increment(state.count, donate)
+        count = parts.increment(state.count, donate)
         bc1 = bias_correction(count)
 
-        def group(
-            g: list[Tensor], m: list[Tensor], u: list[Tensor]
-        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        def group(g: list[Tensor], m: list[Tensor], u: list[Tensor]) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g, donate)
-            m = fe.lerp(m, g, 1 - b1, donate)
-            # g is not needed after the lerp: |g| + eps may overwrite it when donating.
-            norm = fe.add(fe.abs(g, donate), eps, donate)
-            u = fe.maximum(fe.mul(u, b2, donate), norm, donate)
-            direction = fe.div(fe.div(m, u, False), bc1, donate)
-            return direction, m, u
+            m, u = moments(g, m, u, donate)
+            return fe.div(fe.div(m, u, False), bc1, donate), m, u
 
         direction, mu, nu = info.foreach(group, updates, list(state.mu), list(state.nu))
         return direction, ScaleByAdamaxState(count, tuple(mu), tuple(nu), state.paths)
@@ -111,33 +114,24 @@ def scale_by_adamax(
         info: TreeInfo,
         *,
         lr: float | Tensor,
-        weight_decay: float,
-        decoupled: bool,
-        grad_scale: Tensor | None = None,
+        **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByAdamaxState]:
+        """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
         check_state_paths("scale_by_adamax", state.paths, info)
-        count = tc.increment(state.count, info.donate)
+        donate = info.donate
+        count = parts.increment(state.count, donate)
         step_size = -lr / bias_correction(count)
-        params, grads, (mu, nu) = tc.kernel_inputs(params, grads, (state.mu, state.nu), info)
 
-        def group(p: list[Tensor], g: list[Tensor], m: list[Tensor], u: list[Tensor]) -> None:
-            tc.prepare_grads(
-                p,
-                g,
-                grad_scale=grad_scale,
-                maximize=maximize,
-                weight_decay=weight_decay,
-                decoupled=decoupled,
-                lr=lr,
-            )
-            torch._foreach_lerp_(m, g, 1 - b1)
-            torch._foreach_mul_(u, b2)
-            torch._foreach_abs_(g)
-            torch._foreach_add_(g, eps)
-            torch._foreach_maximum_(u, g)
-            tc.addcdiv_scaled_(p, m, u, step_size)
+        def body(
+            p: list[Tensor], g: list[Tensor], m: list[Tensor], u: list[Tensor]
+        ) -> tuple[list[Tensor], ...]:
+            m, u = moments(g, m, u, donate)
+            # torch's single-tensor step: p.addcdiv_(exp_avg, exp_inf, value=-clr).
+            return fe.addcdiv_scaled(p, m, u, step_size, donate), m, u
 
-        tc.per_group(info, group, params, grads, mu, nu)
+        params, mu, nu = parts.one_pass(
+            info, body, params, grads, state.mu, state.nu, maximize=maximize, lr=lr, **prologue
+        )
         return params, ScaleByAdamaxState(count, tuple(mu), tuple(nu), state.paths)
 
     name = f"scale_by_adamax(b1={b1:g}, b2={b2:g}, eps={eps:g}, maximize={maximize})"

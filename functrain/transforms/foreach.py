@@ -126,6 +126,83 @@ def sub(xs: list[Tensor], ys: list[Tensor], inplace: bool = False) -> list[Tenso
     return list(torch._foreach_sub(xs, ys))
 
 
+def sign(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:
+    """Elementwise sign (-1, 0 or 1)."""
+    if inplace:
+        torch._foreach_sign_(xs)
+        return xs
+    return list(torch._foreach_sign(xs))
+
+
+def add_scalar(xs: list[Tensor], y: Tensor, inplace: bool) -> list[Tensor]:
+    """``xs + y`` for a 0-d tensor ``y``, cast to the leaves' dtype (as :func:`mul` does, so
+    that both paths round alike) and passed as a list where autograd may watch."""
+    arg = _scalar_arg(xs, y)
+    if inplace:
+        torch._foreach_add_(xs, arg)
+        return xs
+    return list(torch._foreach_add(xs, arg))
+
+
+def addcmul_scalar(xs: list[Tensor], a: list[Tensor], b: Tensor, inplace: bool) -> list[Tensor]:
+    """``xs + a * b`` for a 0-d tensor ``b`` (a list of it: torch has no TensorList x Tensor
+    addcmul, and autograd needs the list form anyway)."""
+    b = b.to(device=xs[0].device, dtype=xs[0].dtype)
+    bs = [b] * len(xs)
+    if inplace:
+        torch._foreach_addcmul_(xs, a, bs)
+        return xs
+    return list(torch._foreach_addcmul(xs, a, bs))
+
+
+# ---------------------------------------------------------------------------------------------
+# The last op of a one-pass optimizer step (``apply_gradients``'s path): ``p += scalar * ...``
+# with the step size as an ``alpha=`` / ``value=`` host number, as torch.optim's single-tensor
+# code passes it. A CPU tensor's value is already in host memory, so reading it is no sync; a
+# step size on an accelerator stays there and the op is split in two (one more pass).
+
+
+def host_scalar(x: Scalar) -> float | None:
+    """``x`` as a Python float when that costs no device sync (a number, or a CPU tensor whose
+    value is already in host memory); ``None`` for a tensor on an accelerator."""
+    if not isinstance(x, Tensor):
+        return float(x)
+    if x.device.type == "cpu":
+        return float(x)
+    return None
+
+
+def add_scaled(p: list[Tensor], x: list[Tensor], scalar: Scalar, inplace: bool) -> list[Tensor]:
+    """``p + scalar * x``."""
+    host = host_scalar(scalar)
+    if host is not None:
+        return add(p, x, inplace, alpha=host)
+    return add(p, mul(x, scalar, False), inplace)
+
+
+def addcdiv_scaled(
+    p: list[Tensor], a: list[Tensor], b: list[Tensor], scalar: Scalar, inplace: bool
+) -> list[Tensor]:
+    """``p + scalar * a / b``."""
+    host = host_scalar(scalar)
+    if host is None:
+        return add(p, mul(div(a, b, False), scalar, False), inplace)
+    if inplace:
+        torch._foreach_addcdiv_(p, a, b, value=host)
+        return p
+    return list(torch._foreach_addcdiv(p, a, b, value=host))
+
+
+def addcmul_scaled(
+    p: list[Tensor], a: list[Tensor], b: list[Tensor], scalar: Scalar, inplace: bool
+) -> list[Tensor]:
+    """``p + scalar * a * b``."""
+    host = host_scalar(scalar)
+    if host is None:
+        return add(p, mul(mul(a, b, False), scalar, False), inplace)
+    return addcmul(p, a, b, host, inplace)
+
+
 def leaf_norms(xs: list[Tensor]) -> Tensor:
     """The 2-norm of every tensor of one (device, dtype) group, stacked in float64."""
     return torch.stack(list(torch._foreach_norm(xs))).to(torch.float64)

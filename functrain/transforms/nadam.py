@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from functrain.transforms import _torch_common as tc
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -80,18 +80,18 @@ def scale_by_nadam(
     eps, momentum_decay = float(eps), float(momentum_decay)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByNadamState:
-        device = tc.device_of(params)
+        device = parts.device_of(params)
         return ScaleByNadamState(
-            tc.step_counter(device),
+            parts.step_counter(device),
             torch.ones((), dtype=torch.float32, device=device),
-            tc.zeros(params),
-            tc.zeros(params),
+            parts.zeros(params),
+            parts.zeros(params),
             paths=info.paths,
         )
 
     def scalars(state: ScaleByNadamState, donate: bool) -> tuple[Tensor, ...]:
-        """count, mu_product, 1 - b2**t, and the coefficients of g/d and m/d (float64)."""
-        count = tc.increment(state.count, donate)
+        """count, mu_product, 1 - b2**t, mu_t, mu_{t+1} and P_t (float64)."""
+        count = parts.increment(state.count, donate)
         t = count.to(torch.float64)
         bc2 = 1 - torch.pow(b2, t)
         mu = b1 * (1.0 - 0.5 * torch.pow(0.96, t * momentum_decay))
@@ -99,10 +99,16 @@ def scale_by_nadam(
         # torch multiplies its float32 mu_product in place by the (float32-rounded) mu.
         mu32 = mu.to(torch.float32)
         mu_product = state.mu_product.mul_(mu32) if donate else state.mu_product * mu32
-        product = mu_product.to(torch.float64)
-        coef_grad = (1.0 - mu) / (1.0 - product)
-        coef_avg = mu_next / (1.0 - product * mu_next)
-        return count, mu_product, bc2, coef_grad, coef_avg, mu, mu_next, product
+        return count, mu_product, bc2, mu, mu_next, mu_product.to(torch.float64)
+
+    def moments(
+        g: list[Tensor], m: list[Tensor], v: list[Tensor], bc2: Tensor | float, inplace: bool
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The algorithm: the new ``(exp_avg, exp_avg_sq)`` and ``sqrt(v / bc2) + eps``."""
+        m = fe.lerp(m, g, 1 - b1, inplace)
+        v = fe.addcmul(fe.mul(v, b2, inplace), g, g, 1 - b2, inplace)
+        denom = fe.add(fe.sqrt(fe.div(v, bc2, False), inplace), eps, inplace)
+        return m, v, denom
 
     def update(
         updates: list[Tensor],
@@ -113,17 +119,15 @@ def scale_by_nadam(
     ) -> tuple[list[Tensor], ScaleByNadamState]:
         check_state_paths("scale_by_nadam", state.paths, info)
         donate = info.donate
-        count, mu_product, bc2, coef_grad, coef_avg, *_ = scalars(state, donate)
+        count, mu_product, bc2, mu, mu_next, product = scalars(state, donate)
+        coef_grad = (1.0 - mu) / (1.0 - product)
+        coef_avg = mu_next / (1.0 - product * mu_next)
 
-        def group(
-            g: list[Tensor], m: list[Tensor], v: list[Tensor]
-        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        def group(g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g, donate)
-            m = fe.lerp(m, g, 1 - b1, donate)
-            v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
-            denom = fe.add(fe.sqrt(fe.div(v, bc2, False), donate), eps, donate)
-            direction = tc.addcmul_scalar(fe.mul(g, coef_grad, donate), m, coef_avg, donate)
+            m, v, denom = moments(g, m, v, bc2, donate)
+            direction = fe.addcmul_scalar(fe.mul(g, coef_grad, donate), m, coef_avg, donate)
             return fe.div(direction, denom, donate), m, v
 
         direction, mu, nu = info.foreach(group, updates, list(state.mu), list(state.nu))
@@ -136,38 +140,29 @@ def scale_by_nadam(
         info: TreeInfo,
         *,
         lr: float | Tensor,
-        weight_decay: float,
-        decoupled: bool,
-        grad_scale: Tensor | None = None,
+        **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByNadamState]:
+        """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
         check_state_paths("scale_by_nadam", state.paths, info)
-        count, mu_product, bc2, _, _, mu, mu_next, product = scalars(state, info.donate)
+        donate = info.donate
+        count, mu_product, bc2, mu, mu_next, product = scalars(state, donate)
         # torch's step sizes, in its order of operations.
         step_grad = -lr * (1.0 - mu) / (1.0 - product)
         step_avg = (-lr * mu_next) / (1.0 - product * mu_next)
-        bc2_host = tc.host_scalar(bc2)
-        params, grads, (m_all, v_all) = tc.kernel_inputs(params, grads, (state.mu, state.nu), info)
+        # torch divides by bias_correction2 as a Python float.
+        bc2_host = fe.host_scalar(bc2)
+        bc2 = bc2 if bc2_host is None else bc2_host
 
-        def group(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> None:
-            tc.prepare_grads(
-                p,
-                g,
-                grad_scale=grad_scale,
-                maximize=maximize,
-                weight_decay=weight_decay,
-                decoupled=decoupled,
-                lr=lr,
-            )
-            torch._foreach_lerp_(m, g, 1 - b1)
-            torch._foreach_mul_(v, b2)
-            torch._foreach_addcmul_(v, g, g, 1 - b2)
-            denom = fe.div(v, bc2 if bc2_host is None else bc2_host, False)
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, eps)
-            tc.addcdiv_scaled_(p, g, denom, step_grad)
-            tc.addcdiv_scaled_(p, m, denom, step_avg)
+        def body(
+            p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]
+        ) -> tuple[list[Tensor], ...]:
+            m, v, denom = moments(g, m, v, bc2, donate)
+            p = fe.addcdiv_scaled(p, g, denom, step_grad, donate)
+            return fe.addcdiv_scaled(p, m, denom, step_avg, donate), m, v
 
-        tc.per_group(info, group, params, grads, m_all, v_all)
+        params, m_all, v_all = parts.one_pass(
+            info, body, params, grads, state.mu, state.nu, maximize=maximize, lr=lr, **prologue
+        )
         return params, ScaleByNadamState(count, mu_product, tuple(m_all), tuple(v_all), state.paths)
 
     name = (

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from functrain.transforms import _torch_common as tc
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -75,12 +75,12 @@ def scale_by_radam(
     rho_inf = 2 / (1 - b2) - 1
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByRadamState:
-        device = tc.device_of(params)
+        device = parts.device_of(params)
         return ScaleByRadamState(
-            tc.step_counter(device), tc.zeros(params), tc.zeros(params), paths=info.paths
+            parts.step_counter(device), parts.zeros(params), parts.zeros(params), info.paths
         )
 
-    def scalars(count: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def scalars(count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``1 - b1**t``, the 0/1 rectification flag, and ``sqrt(1 - b2**t) * r_t`` (1 when not
         rectified), in float64 and in torch's order of operations."""
         t = count.to(torch.float64)
@@ -93,7 +93,19 @@ def scale_by_radam(
         )
         # where, not a product: rect is NaN or inf before rectification starts (or never does).
         scale_num = torch.where(rectified, torch.pow(bc2, 0.5) * rect, 1.0)
-        return bc1, rectified.to(torch.float64), scale_num, rectified
+        return bc1, rectified.to(torch.float64), scale_num
+
+    def moments(
+        g: list[Tensor], m: list[Tensor], v: list[Tensor], inplace: bool
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The algorithm's moments: the new ``(exp_avg, exp_avg_sq)``."""
+        m = fe.lerp(m, g, 1 - b1, inplace)
+        return m, fe.addcmul(fe.mul(v, b2, inplace), g, g, 1 - b2, inplace)
+
+    def denominator(v: list[Tensor], on: Tensor, inplace: bool) -> list[Tensor]:
+        """``sqrt(v) + eps`` when rectified, else 1: ``sqrt(v) * on + (eps * on + 1 - on)``."""
+        denom = fe.mul(fe.sqrt(v, False), on, inplace)
+        return fe.add_scalar(denom, eps * on + (1 - on), inplace)
 
     def update(
         updates: list[Tensor],
@@ -104,19 +116,14 @@ def scale_by_radam(
     ) -> tuple[list[Tensor], ScaleByRadamState]:
         check_state_paths("scale_by_radam", state.paths, info)
         donate = info.donate
-        count = tc.increment(state.count, donate)
-        bc1, on, scale_num, _ = scalars(count)
+        count = parts.increment(state.count, donate)
+        bc1, on, scale_num = scalars(count)
 
-        def group(
-            g: list[Tensor], m: list[Tensor], v: list[Tensor]
-        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        def group(g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g, donate)
-            m = fe.lerp(m, g, 1 - b1, donate)
-            v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
-            # (sqrt(v) + eps) when rectified, else 1: sqrt(v) * on + (eps * on + 1 - on).
-            denom = fe.mul(fe.sqrt(v, False), on, donate)
-            denom = tc.add_scalar(denom, eps * on + (1 - on), donate)
+            m, v = moments(g, m, v, donate)
+            denom = denominator(v, on, donate)
             direction = fe.mul(fe.div(m, bc1, False), scale_num, donate)
             return fe.div(direction, denom, donate), m, v
 
@@ -130,50 +137,35 @@ def scale_by_radam(
         info: TreeInfo,
         *,
         lr: float | Tensor,
-        weight_decay: float,
-        decoupled: bool,
-        grad_scale: Tensor | None = None,
+        **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByRadamState]:
+        """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
         check_state_paths("scale_by_radam", state.paths, info)
-        count = tc.increment(state.count, info.donate)
-        bc1, on, scale_num, rectified = scalars(count)
+        donate = info.donate
+        count = parts.increment(state.count, donate)
+        bc1, on, scale_num = scalars(count)
         step_size = -lr * scale_num / bc1
         # On the CPU the flag is a host value already: skip the unused branch's passes.
-        flag = tc.host_scalar(on)
-        params, grads, (m_all, v_all) = tc.kernel_inputs(params, grads, (state.mu, state.nu), info)
+        flag = fe.host_scalar(on)
 
-        def group(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> None:
-            tc.prepare_grads(
-                p,
-                g,
-                grad_scale=grad_scale,
-                maximize=maximize,
-                weight_decay=weight_decay,
-                decoupled=decoupled,
-                lr=lr,
-            )
-            torch._foreach_lerp_(m, g, 1 - b1)
-            torch._foreach_mul_(v, b2)
-            torch._foreach_addcmul_(v, g, g, 1 - b2)
+        def body(
+            p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]
+        ) -> tuple[list[Tensor], ...]:
+            m, v = moments(g, m, v, donate)
             if flag == 0.0:
                 # Unrectified, the step is SGD-sized (not normalised), so it follows torch's
-                # roundings: p - (m / bc1) * lr. g is free: it holds the product.
-                torch._foreach_copy_(g, m)
-                torch._foreach_div_(g, tc.host_scalar(bc1))
-                torch._foreach_mul_(g, tc.host_scalar(lr))
-                torch._foreach_sub_(p, g)
-                return
-            # g is free: it holds the denominator.
-            torch._foreach_copy_(g, v)
-            torch._foreach_sqrt_(g)
+                # roundings: p - (m / bc1) * lr (a new buffer, written in place).
+                step = fe.mul(fe.div(m, fe.host_scalar(bc1), False), fe.host_scalar(lr), True)
+                return fe.sub(p, step, donate), m, v
             if flag is None:
-                torch._foreach_mul_(g, on.to(g[0].dtype))
-                tc.add_scalar(g, eps * on + (1 - on), True)
+                denom = denominator(v, on, True)  # a new buffer: in place is safe
             else:
-                torch._foreach_add_(g, eps)
-            tc.addcdiv_scaled_(p, m, g, step_size)
+                denom = fe.add(fe.sqrt(v, False), eps, True)
+            return fe.addcdiv_scaled(p, m, denom, step_size, donate), m, v
 
-        tc.per_group(info, group, params, grads, m_all, v_all)
+        params, m_all, v_all = parts.one_pass(
+            info, body, params, grads, state.mu, state.nu, maximize=maximize, lr=lr, **prologue
+        )
         return params, ScaleByRadamState(count, tuple(m_all), tuple(v_all), state.paths)
 
     name = f"scale_by_radam(b1={b1:g}, b2={b2:g}, eps={eps:g}, maximize={maximize})"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from functrain.transforms import _torch_common as tc
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -22,7 +21,7 @@ from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.momentum import trace
 from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
-from functrain.transforms.validation import check_nonnegative, is_schedule
+from functrain.transforms.validation import check_momentum, check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 
 __all__ = ["ScaleByRmsState", "rmsprop", "scale_by_rms"]
@@ -68,9 +67,25 @@ def scale_by_rms(
     alpha, eps = float(alpha), float(eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByRmsState:
-        device = tc.device_of(params)
-        grad_avg = tc.zeros(params) if centered else ()
-        return ScaleByRmsState(tc.step_counter(device), tc.zeros(params), grad_avg, info.paths)
+        device = parts.device_of(params)
+        grad_avg = parts.zeros(params) if centered else ()
+        return ScaleByRmsState(
+            parts.step_counter(device), parts.zeros(params), grad_avg, info.paths
+        )
+
+    def rule(
+        g: list[Tensor], v: list[Tensor], *m: list[Tensor], inplace: bool
+    ) -> tuple[list[Tensor], ...]:
+        """The algorithm: the denominator ``avg`` and the new ``square_avg`` (and ``grad_avg``
+        when centered)."""
+        v = fe.addcmul(fe.mul(v, alpha, inplace), g, g, 1 - alpha, inplace)
+        if centered:
+            mean = fe.lerp(m[0], g, 1 - alpha, inplace)
+            avg = fe.sqrt(fe.addcmul(v, mean, mean, -1.0, False), inplace)
+        else:
+            avg = fe.sqrt(v, False)
+        avg = fe.add(avg, eps, inplace)
+        return (avg, v, mean) if centered else (avg, v)
 
     def update(
         updates: list[Tensor],
@@ -85,19 +100,12 @@ def scale_by_rms(
         def group(g: list[Tensor], v: list[Tensor], *m: list[Tensor]) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g, donate)
-            v = fe.addcmul(fe.mul(v, alpha, donate), g, g, 1 - alpha, donate)
-            if centered:
-                mean = fe.lerp(m[0], g, 1 - alpha, donate)
-                avg = fe.sqrt(fe.addcmul(v, mean, mean, -1.0, False), donate)
-            else:
-                avg = fe.sqrt(v, False)
-            avg = fe.add(avg, eps, donate)
-            direction = fe.div(g, avg, donate)
-            return (direction, v, mean) if centered else (direction, v)
+            avg, *bufs = rule(g, v, *m, inplace=donate)
+            return (fe.div(g, avg, donate), *bufs)
 
         lists = (updates, list(state.square_avg)) + ((list(state.grad_avg),) if centered else ())
         direction, square_avg, *grad_avg = info.foreach(group, *lists)
-        count = tc.increment(state.count, donate)
+        count = parts.increment(state.count, donate)
         return direction, ScaleByRmsState(
             count, tuple(square_avg), tuple(grad_avg[0]) if centered else (), state.paths
         )
@@ -109,39 +117,27 @@ def scale_by_rms(
         info: TreeInfo,
         *,
         lr: float | Tensor,
-        weight_decay: float,
-        decoupled: bool,
-        grad_scale: Tensor | None = None,
+        **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByRmsState]:
+        """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
         check_state_paths("scale_by_rms", state.paths, info)
-        count = tc.increment(state.count, info.donate)
-        bufs = (state.square_avg, state.grad_avg)
-        params, grads, (square_avg, grad_avg) = tc.kernel_inputs(params, grads, bufs, info)
+        donate = info.donate
+        count = parts.increment(state.count, donate)
 
-        def group(p: list[Tensor], g: list[Tensor], v: list[Tensor], *m: list[Tensor]) -> None:
-            tc.prepare_grads(
-                p,
-                g,
-                grad_scale=grad_scale,
-                maximize=maximize,
-                weight_decay=weight_decay,
-                decoupled=decoupled,
-                lr=lr,
-            )
-            torch._foreach_mul_(v, alpha)
-            torch._foreach_addcmul_(v, g, g, 1 - alpha)
-            if centered:
-                torch._foreach_lerp_(m[0], g, 1 - alpha)
-                avg = torch._foreach_addcmul(v, m[0], m[0], value=-1)
-                torch._foreach_sqrt_(avg)
-            else:
-                avg = torch._foreach_sqrt(v)
-            torch._foreach_add_(avg, eps)
-            tc.addcdiv_scaled_(p, g, avg, -lr)
+        def body(
+            p: list[Tensor], g: list[Tensor], v: list[Tensor], *m: list[Tensor]
+        ) -> tuple[list[Tensor], ...]:
+            avg, *bufs = rule(g, v, *m, inplace=donate)
+            # torch's single-tensor step: p.addcdiv_(grad, avg, value=-lr).
+            return (fe.addcdiv_scaled(p, g, avg, -lr, donate), *bufs)
 
-        lists = (params, grads, square_avg) + ((grad_avg,) if centered else ())
-        tc.per_group(info, group, *lists)
-        return params, ScaleByRmsState(count, tuple(square_avg), tuple(grad_avg), state.paths)
+        bufs = (state.square_avg,) + ((state.grad_avg,) if centered else ())
+        params, square_avg, *grad_avg = parts.one_pass(
+            info, body, params, grads, *bufs, maximize=maximize, lr=lr, **prologue
+        )
+        return params, ScaleByRmsState(
+            count, tuple(square_avg), tuple(grad_avg[0]) if centered else (), state.paths
+        )
 
     name = f"scale_by_rms(alpha={alpha:g}, eps={eps:g}, centered={centered}, maximize={maximize})"
     fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
@@ -186,7 +182,7 @@ def rmsprop(
     check_nonnegative("alpha", alpha)
     check_nonnegative("eps", eps)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    check_nonnegative("momentum", momentum, allow_schedule=True)
+    check_momentum("momentum", momentum, allow_schedule=True)
     negate_first = bool(maximize and weight_decay)
     with_momentum = is_schedule(momentum) or momentum > 0
     return chain(

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from functrain.transforms import _torch_common as tc
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -106,13 +106,15 @@ def scale_by_rprop(
     low, high = check_step_sizes(step_sizes)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByRpropState:
-        device = tc.device_of(params)
-        count = tc.step_counter(device)
+        device = parts.device_of(params)
+        count = parts.step_counter(device)
         initial = lr
         if is_schedule(lr):
             # torch sizes the first steps with the lr in force when the state is created.
             initial = float(value_at(lr, torch.zeros((), dtype=torch.int64)))
-        return ScaleByRpropState(count, tc.zeros(params), tc.full(params, initial), info.paths)
+        return ScaleByRpropState(
+            count, parts.zeros(params), parts.full(params, initial), info.paths
+        )
 
     def factors(prod: Tensor) -> tuple[Tensor, Tensor]:
         # torch's sign -> {etaplus, etaminus, 1} map, exact values in the leaf's dtype; no
@@ -122,18 +124,23 @@ def scale_by_rprop(
         factor = torch.where(prod > 0, etaplus, torch.where(shrink, etaminus, one))
         return factor, shrink
 
-    def gated(
-        g: list[Tensor], prev: list[Tensor], size: list[Tensor], donate: bool
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """New step sizes and gradients zeroed where the sign flipped (torch's ``prev``)."""
+    def rule(
+        g: list[Tensor], prev: list[Tensor], size: list[Tensor], inplace: bool
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The algorithm: ``sign(g)`` of the gated gradient, the new ``prev`` (the gradient,
+        zeroed where the sign flipped) and the new step sizes."""
         prods = list(torch._foreach_mul(g, prev))
         new_size, new_g = [], []
         for prod, grad, s in zip(prods, g, size, strict=True):
             factor, shrink = factors(prod)
-            s = s.mul_(factor) if donate else s * factor
-            new_size.append(s.clamp_(low, high) if donate else s.clamp(low, high))
-            new_g.append(grad.masked_fill_(shrink, 0) if donate else grad.masked_fill(shrink, 0))
-        return new_size, new_g
+            s = s.mul_(factor) if inplace else s * factor
+            new_size.append(s.clamp_(low, high) if inplace else s.clamp(low, high))
+            new_g.append(grad.masked_fill_(shrink, 0) if inplace else grad.masked_fill(shrink, 0))
+        if inplace:
+            # The old prev buffer is free once the products are taken: it holds the signs.
+            torch._foreach_copy_(prev, new_g)
+            return fe.sign(prev, True), new_g, new_size
+        return fe.sign(new_g), new_g, new_size
 
     def update(
         updates: list[Tensor],
@@ -147,20 +154,15 @@ def scale_by_rprop(
 
         def group(
             g: list[Tensor], prev: list[Tensor], size: list[Tensor]
-        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        ) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g, donate)
-            size, g = gated(g, prev, size, donate)
-            # The old prev buffer is free once the products are taken: it holds the update.
-            signs = prev if donate else list(torch._foreach_sign(g))
-            if donate:
-                torch._foreach_copy_(signs, g)
-                torch._foreach_sign_(signs)
+            signs, g, size = rule(g, prev, size, donate)
             return fe.neg(fe.mul(signs, size, donate), donate), g, size
 
         lists = (updates, list(state.prev), list(state.step_size))
         out, prev, size = info.foreach(group, *lists)
-        count = tc.increment(state.count, donate)
+        count = parts.increment(state.count, donate)
         return out, ScaleByRpropState(count, tuple(prev), tuple(size), state.paths)
 
     def fused(
@@ -170,38 +172,28 @@ def scale_by_rprop(
         info: TreeInfo,
         *,
         lr: float | Tensor,
-        weight_decay: float,
-        decoupled: bool,
-        grad_scale: Tensor | None = None,
+        **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByRpropState]:
+        """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
         check_state_paths("scale_by_rprop", state.paths, info)
-        count = tc.increment(state.count, info.donate)
-        bufs = (state.prev, state.step_size)
-        params, grads, (prev, size) = tc.kernel_inputs(params, grads, bufs, info)
+        donate = info.donate
+        count = parts.increment(state.count, donate)
 
-        def group(p: list[Tensor], g: list[Tensor], old: list[Tensor], s: list[Tensor]) -> None:
-            tc.prepare_grads(
-                p,
-                g,
-                grad_scale=grad_scale,
-                maximize=maximize,
-                weight_decay=0.0,
-                decoupled=False,
-                lr=lr,
-            )
-            gated(g, old, s, True)  # in place: s and g become the new sizes and prev
-            # The old prev buffer is free once the products are taken: it holds the signs.
-            torch._foreach_copy_(old, g)
-            torch._foreach_sign_(old)
+        def body(
+            p: list[Tensor], g: list[Tensor], prev: list[Tensor], s: list[Tensor]
+        ) -> tuple[list[Tensor], ...]:
+            signs, g, s = rule(g, prev, s, donate)
             # params + product * (-sign * size), where lr = -product.
-            tc.addcmul_scaled_(p, old, s, lr)
+            return fe.addcmul_scaled(p, signs, s, lr, donate), g, s
 
-        tc.per_group(info, group, params, grads, prev, size)
-        # The (copied or donated) gradient buffers hold the new prev.
-        return params, ScaleByRpropState(count, tuple(grads), tuple(size), state.paths)
+        bufs = (state.prev, state.step_size)
+        params, prev, size = parts.one_pass(
+            info, body, params, grads, *bufs, maximize=maximize, lr=lr, **prologue
+        )
+        return params, ScaleByRpropState(count, tuple(prev), tuple(size), state.paths)
 
     name = (
-        f"scale_by_rprop(lr={tc.name_of(lr)}, etas=({etaminus:g}, {etaplus:g}), "
+        f"scale_by_rprop(lr={parts.name_of(lr)}, etas=({etaminus:g}, {etaplus:g}), "
         f"step_sizes=({low:g}, {high:g}), maximize={maximize})"
     )
     # No weight decay to fold: torch's Rprop has none.

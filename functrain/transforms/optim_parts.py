@@ -1,0 +1,149 @@
+"""Parts the torch.optim ports share: state as torch creates it, hyperparameter values, and the
+gradient prologue of their one-pass step.
+
+The ports (:mod:`~functrain.transforms.adamax`, :mod:`~functrain.transforms.adadelta`,
+:mod:`~functrain.transforms.adagrad`, :mod:`~functrain.transforms.rmsprop`,
+:mod:`~functrain.transforms.rprop`, :mod:`~functrain.transforms.asgd`,
+:mod:`~functrain.transforms.nadam`, :mod:`~functrain.transforms.radam`) each write their
+algorithm once, over lists, with :mod:`functrain.transforms.foreach`'s ``inplace`` flag. They
+run it two ways:
+
+- ``update`` (any chain): the algorithm returns a direction; ``scale_by_learning_rate`` and
+  ``apply_updates`` follow.
+- the one-pass step that :func:`functrain.apply_gradients` runs (a
+  :class:`~functrain.transforms.kernel_specs.Kernel` descriptor): :func:`prepare_grads` folds
+  the clip, ``maximize`` and the weight decay in torch's order, the same algorithm runs, and
+  one ``addcdiv`` / ``addcmul`` / ``add`` with the step size writes into the parameters, as
+  torch.optim's single-tensor code does (so that path is bitwise torch's foreach=False result).
+
+Both ways write into their inputs when ``info.donate`` and allocate otherwise; the in-place
+and out-of-place forms of each op give bitwise the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from functrain.transforms import foreach as fe
+from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.validation import is_schedule
+from functrain.tree import TreeInfo
+
+__all__ = [
+    "device_of",
+    "evaluate",
+    "full",
+    "increment",
+    "name_of",
+    "one_pass",
+    "prepare_grads",
+    "step_counter",
+    "zeros",
+]
+
+Scalar = float | Tensor
+
+
+def device_of(params: Sequence[Tensor]) -> torch.device:
+    """The device of the first leaf (the CPU for an empty tree): where scalar state lives."""
+    return params[0].device if params else torch.device("cpu")
+
+
+def step_counter(device: torch.device) -> Tensor:
+    """torch.optim's ``step``: a 0-d float32 tensor (exact for integers up to 2**24)."""
+    return torch.zeros((), dtype=torch.float32, device=device)
+
+
+def zeros(params: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """One zero buffer per leaf, in the leaf's memory format (torch's ``zeros_like``)."""
+    return tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params)
+
+
+def full(params: Sequence[Tensor], value: float) -> tuple[Tensor, ...]:
+    """One buffer per leaf filled with ``value`` (torch's ``full_like``)."""
+    return tuple(torch.full_like(p, value, memory_format=torch.preserve_format) for p in params)
+
+
+def increment(count: Tensor, inplace: bool) -> Tensor:
+    """``count + 1``, written into ``count`` when donating."""
+    return count.add_(1) if inplace else count + 1
+
+
+def evaluate(value: float | Schedule, count: Tensor) -> Tensor:
+    """A constant or scheduled hyperparameter at ``count``, as a 0-d float64 tensor."""
+    return torch.as_tensor(value_at(value, count), dtype=torch.float64, device=count.device)
+
+
+def name_of(value: Any) -> str:
+    """A hyperparameter as a transform's name shows it: ``repr`` of a schedule, else ``%g``."""
+    return repr(value) if is_schedule(value) else f"{float(value):g}"
+
+
+def prepare_grads(
+    p: list[Tensor],
+    g: list[Tensor],
+    *,
+    grad_scale: Tensor | None,
+    maximize: bool,
+    weight_decay: float,
+    decoupled: bool,
+    lr: Scalar,
+    inplace: bool,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``(params, grads)`` after torch's prologue, in its order: unscale (a folded clip),
+    negate (``maximize``), then L2 decay into the gradient, or decoupled decay
+    ``p *= 1 - lr * weight_decay`` of the parameters."""
+    if grad_scale is not None:
+        # The raw op, not fe.div: the float32 scale divides as torch's kernels divide by it.
+        scale = grad_scale.to(g[0].device)
+        if inplace:
+            torch._foreach_div_(g, scale)
+        else:
+            g = list(torch._foreach_div(g, scale))
+    if maximize:
+        g = fe.neg(g, inplace)
+    if weight_decay:
+        if decoupled:
+            factor = 1 - lr * weight_decay
+            host = fe.host_scalar(factor)
+            p = fe.mul(p, host if host is not None else factor.to(p[0].dtype), inplace)
+        else:
+            g = fe.add(g, p, inplace, alpha=weight_decay)
+    return p, g
+
+
+def one_pass(
+    info: TreeInfo,
+    body: Callable[..., tuple[list[Tensor], ...]],
+    params: list[Tensor],
+    grads: list[Tensor],
+    *buffers: Sequence[Tensor],
+    maximize: bool,
+    lr: Scalar,
+    weight_decay: float,
+    decoupled: bool,
+    grad_scale: Tensor | None = None,
+) -> tuple[list[Tensor], ...]:
+    """A port's one-pass step, per (device, dtype) group: :func:`prepare_grads`, then
+    ``body(params, grads, *buffers) -> (new_params, *new_buffers)``, in place when
+    ``info.donate``. Returns ``(new_params, *new_buffers)`` as whole-tree lists."""
+    inplace = info.donate
+
+    def group(p: list[Tensor], g: list[Tensor], *bufs: list[Tensor]) -> tuple[list[Tensor], ...]:
+        p, g = prepare_grads(
+            p,
+            g,
+            grad_scale=grad_scale,
+            maximize=maximize,
+            weight_decay=weight_decay,
+            decoupled=decoupled,
+            lr=lr,
+            inplace=inplace,
+        )
+        return body(p, g, *bufs)
+
+    return info.foreach(group, params, grads, *(list(b) for b in buffers))
