@@ -14,7 +14,7 @@ import torch
 
 import functrain as ft
 from functrain.schedules import cosine_annealing_lr
-from functrain.transforms import _torch_common
+from functrain.transforms import foreach as foreach_ops
 from functrain.transforms.adadelta import adadelta, scale_by_adadelta
 from functrain.transforms.adagrad import AdagradLearningRate, adagrad, scale_by_adagrad
 from functrain.transforms.adamax import adamax, scale_by_adamax
@@ -280,9 +280,9 @@ def test_fused_path_with_device_scalars(name, monkeypatch):
     params = make_tree(dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     grads_seq = grads_sequence(2, torch.float64, steps=30)
     host, _ = run_functrain(tx, params, grads_seq, fused=True)
-    real = _torch_common.host_scalar
+    real = foreach_ops.host_scalar
     monkeypatch.setattr(
-        _torch_common,
+        foreach_ops,
         "host_scalar",
         lambda x: None if isinstance(x, torch.Tensor) else real(x),
     )

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from functrain.transforms import _torch_common as tc
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -18,11 +18,11 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel, group_value
 from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_nonnegative
-from functrain.tree import TreeInfo
+from functrain.tree import TreeInfo, foreach_clone
 
 __all__ = ["AdagradLearningRate", "ScaleByAdagradState", "adagrad", "scale_by_adagrad"]
 
@@ -66,7 +66,9 @@ def scale_by_adagrad(
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdagradState:
         return ScaleByAdagradState(
-            tc.step_counter(tc.device_of(params)), tc.full(params, initial), paths=info.paths
+            parts.step_counter(parts.device_of(params)),
+            parts.full(params, initial),
+            paths=info.paths,
         )
 
     def update(
@@ -87,7 +89,7 @@ def scale_by_adagrad(
             return fe.div(g, std, donate), s
 
         direction, sums = info.foreach(group, updates, list(state.sum_of_squares))
-        count = tc.increment(state.count, donate)
+        count = parts.increment(state.count, donate)
         return direction, ScaleByAdagradState(count, tuple(sums), state.paths)
 
     def fused(
@@ -102,10 +104,13 @@ def scale_by_adagrad(
         grad_scale: Tensor | None = None,
     ) -> tuple[list[Tensor], ScaleByAdagradState]:
         check_state_paths("scale_by_adagrad", state.paths, info)
-        count = tc.increment(state.count, info.donate)
-        params, grads, (sums,) = tc.kernel_inputs(params, grads, (state.sum_of_squares,), info)
+        count = parts.increment(state.count, info.donate)
+        sums = list(state.sum_of_squares)
+        if not info.donate:
+            # torch's kernel writes into all three: give it copies (bitwise: x * 1).
+            params, grads, sums = foreach_clone(params), foreach_clone(grads), foreach_clone(sums)
 
-        def group(p: list[Tensor], g: list[Tensor], s: list[Tensor]) -> None:
+        def group(p: list[Tensor], g: list[Tensor], s: list[Tensor]) -> list[Tensor]:
             device = p[0].device
             # lr_decay is already in ``lr`` (see adagrad): the kernel gets lr_decay=0.
             torch._fused_adagrad_(
@@ -121,8 +126,9 @@ def scale_by_adagrad(
                 grad_scale=None if grad_scale is None else group_value(grad_scale, 0, device),
                 found_inf=None,
             )
+            return p
 
-        tc.per_group(info, group, params, grads, sums)
+        info.foreach(group, params, grads, sums)
         return params, ScaleByAdagradState(count, tuple(sums), state.paths)
 
     name = (
@@ -150,11 +156,11 @@ class AdagradLearningRate:
     def __call__(self, step: Any) -> Tensor:
         step = torch.as_tensor(step)
         # float64, as torch evaluates it in Python floats; (1 + s * d) in torch's order.
-        base = tc.float64(value_at(self.lr, step), step.device)
+        base = parts.evaluate(self.lr, step)
         return base / (1 + step.to(torch.float64) * self.lr_decay)
 
     def __repr__(self) -> str:
-        return f"AdagradLearningRate(lr={tc.name_of(self.lr)}, lr_decay={self.lr_decay:g})"
+        return f"AdagradLearningRate(lr={parts.name_of(self.lr)}, lr_decay={self.lr_decay:g})"
 
 
 def adagrad(

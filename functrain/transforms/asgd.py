@@ -8,8 +8,8 @@ import optree
 import torch
 from torch import Tensor
 
-from functrain.transforms import _torch_common as tc
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
@@ -24,7 +24,7 @@ from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.scaling import add_decayed_weights, scale
 from functrain.transforms.validation import check_nonnegative
-from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten
+from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten, foreach_clone
 
 __all__ = ["ScaleByAsgdState", "asgd", "asgd_averaged_params", "scale_by_asgd"]
 
@@ -97,15 +97,15 @@ def scale_by_asgd(
     t0 = _number("t0", t0)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAsgdState:
-        device = tc.device_of(params)
-        count = tc.step_counter(device)
-        lr0 = tc.evaluate(lr, count)
+        device = parts.device_of(params)
+        count = parts.step_counter(device)
+        lr0 = parts.evaluate(lr, count)
         return ScaleByAsgdState(
             count,
             eta=lr0.to(torch.float32),
             mu=torch.ones((), dtype=torch.float32, device=device),
             lr=lr0,
-            ax=tc.zeros(params),
+            ax=parts.zeros(params),
             paths=info.paths,
         )
 
@@ -125,12 +125,13 @@ def scale_by_asgd(
             state.paths,
         )
 
-    def averaged(ax: list[Tensor], new_p: list[Tensor], mu: Tensor, donate: bool) -> list[Tensor]:
-        # ax + (p' - ax) * mu, and exactly p' while mu == 1 (torch copies then): scaling ax by
-        # 0 or 1 first makes both cases one formula, with no host sync.
+    def averaged(ax: list[Tensor], new_p: list[Tensor], mu: Tensor, inplace: bool) -> list[Tensor]:
+        """The algorithm's average: ``ax + (p' - ax) * mu``, and exactly ``p'`` while
+        ``mu == 1`` (torch copies then): scaling ax by 0 or 1 first makes both cases one
+        formula, with no host sync."""
         keep = (mu != 1).to(mu.dtype)
-        ax = fe.mul(ax, keep, donate)
-        return fe.add(ax, fe.mul(fe.sub(new_p, ax, False), mu, donate), donate)
+        ax = fe.mul(ax, keep, inplace)
+        return fe.add(ax, fe.mul(fe.sub(new_p, ax, False), mu, inplace), inplace)
 
     def update(
         updates: list[Tensor],
@@ -148,18 +149,17 @@ def scale_by_asgd(
         eta = state.eta.to(torch.float64)
         decay = 1 - lambd * eta
 
-        def group(
-            g: list[Tensor], p: list[Tensor], ax: list[Tensor]
-        ) -> tuple[list[Tensor], list[Tensor]]:
+        def group(g: list[Tensor], p: list[Tensor], ax: list[Tensor]) -> tuple[list[Tensor], ...]:
             if maximize:
                 g = fe.neg(g, donate)
-            new_p = fe.mul(p, decay, False)
-            new_p = tc.addcmul_scalar(new_p, g, -eta, donate)
+            # p' = p * (1 - lambd * eta) - eta * g, with eta a device scalar (a list where
+            # autograd watches), then the update p' - p.
+            new_p = fe.addcmul_scalar(fe.mul(p, decay, False), g, -eta, donate)
             ax = averaged(ax, new_p, state.mu, donate)
             return fe.sub(new_p, p, donate), ax
 
         out, ax = info.foreach(group, updates, params, list(state.ax))
-        count = tc.increment(state.count, donate)
+        count = parts.increment(state.count, donate)
         return out, next_state(state, count, ax)
 
     def fused(
@@ -169,52 +169,43 @@ def scale_by_asgd(
         info: TreeInfo,
         *,
         lr: float | Tensor,
-        weight_decay: float,
-        decoupled: bool,
-        grad_scale: Tensor | None = None,
+        **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByAsgdState]:
+        """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
         check_state_paths("scale_by_asgd", state.paths, info)
         if not (isinstance(lr, float) and lr == -1.0):
             # Something scales the update after this transform: no shortcut for that.
-            return _scaled_step(update, params, grads, state, info, -lr, weight_decay, grad_scale)
-        count = tc.increment(state.count, info.donate)
-        params, grads, (ax,) = tc.kernel_inputs(params, grads, (state.ax,), info)
-        eta = tc.host_scalar(state.eta)
-        mu = tc.host_scalar(state.mu)
+            return _scaled_step(update, params, grads, state, info, -lr, **prologue)
+        donate = info.donate
+        count = parts.increment(state.count, donate)
+        eta = fe.host_scalar(state.eta)
+        mu = fe.host_scalar(state.mu)
 
-        def group(p: list[Tensor], g: list[Tensor], a: list[Tensor]) -> None:
-            tc.prepare_grads(
-                p,
-                g,
-                grad_scale=grad_scale,
-                maximize=maximize,
-                weight_decay=weight_decay,
-                decoupled=False,
-                lr=lr,
-            )
+        def body(p: list[Tensor], g: list[Tensor], a: list[Tensor]) -> tuple[list[Tensor], ...]:
             if eta is None or mu is None:
                 # Values on an accelerator: the same formulas with device scalars.
                 eta64 = state.eta.to(torch.float64)
-                torch._foreach_mul_(p, (1 - lambd * eta64).to(p[0].dtype))
-                tc.add_scaled_(p, g, -eta64)
-                a[:] = averaged(a, p, state.mu, True)
-                return
-            torch._foreach_mul_(p, 1 - lambd * eta)
-            torch._foreach_add_(p, g, alpha=-eta)
+                p = fe.mul(p, (1 - lambd * eta64).to(p[0].dtype), donate)
+                p = fe.add_scaled(p, g, -eta64, donate)
+                return p, averaged(a, p, state.mu, donate)
+            # torch's single-tensor step: p.mul_(1 - lambd * eta); p.add_(grad, alpha=-eta)
+            # (an alpha= add, not update's addcmul with a device scalar: each path keeps its
+            # own rounding), then ax.add_(p.sub(ax).mul_(mu)) or ax.copy_(p) while mu == 1.
+            p = fe.add(fe.mul(p, 1 - lambd * eta, donate), g, donate, alpha=-eta)
             if mu != 1:
-                # g is free: it holds (p - ax) * mu.
-                torch._foreach_copy_(g, p)
-                torch._foreach_sub_(g, a)
-                torch._foreach_mul_(g, mu)
-                torch._foreach_add_(a, g)
-            else:
+                return p, fe.add(a, fe.mul(fe.sub(p, a, False), mu, True), donate)
+            if donate:
                 torch._foreach_copy_(a, p)
+                return p, a
+            return p, foreach_clone(p)
 
-        tc.per_group(info, group, params, grads, ax)
+        params, ax = parts.one_pass(
+            info, body, params, grads, state.ax, maximize=maximize, lr=lr, **prologue
+        )
         return params, next_state(state, count, ax)
 
     name = (
-        f"scale_by_asgd(lr={tc.name_of(lr)}, lambd={lambd:g}, alpha={alpha:g}, t0={t0:g}, "
+        f"scale_by_asgd(lr={parts.name_of(lr)}, lambd={lambd:g}, alpha={alpha:g}, t0={t0:g}, "
         f"maximize={maximize})"
     )
     fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
@@ -228,8 +219,10 @@ def _scaled_step(
     state: ScaleByAsgdState,
     info: TreeInfo,
     product: float | Tensor,
+    *,
     weight_decay: float,
-    grad_scale: Tensor | None,
+    grad_scale: Tensor | None = None,
+    decoupled: bool = False,
 ) -> tuple[list[Tensor], ScaleByAsgdState]:
     """``params + product * update(...)`` through the ``update`` path (a fused-path fallback)."""
     if grad_scale is not None:
