@@ -50,6 +50,7 @@ from functrain.tree import NAMESPACE
 __all__ = [
     "DTENSOR_UNSUPPORTED",
     "check_dtensor_support",
+    "dtensor_types",
     "enable_dtensor_kernels",
     "full_tensor",
     "has_dtensors",
@@ -87,6 +88,25 @@ def _dtensor_class() -> type | None:
         except ImportError:
             return None
     return DTensor
+
+
+def dtensor_types() -> tuple[Any, Any, Any, Any]:
+    """``(DTensor, DeviceMesh, Shard, Replicate)`` from ``torch.distributed.tensor`` (from
+    ``torch.distributed._tensor`` on torch < 2.5, where they lived before).
+
+    Raises:
+        ImportError: this torch has no DTensor.
+
+    Example:
+        >>> DTensor, DeviceMesh, Shard, Replicate = dtensor_types()
+        >>> Shard(0).dim
+        0
+    """
+    try:
+        from torch.distributed.tensor import DeviceMesh, DTensor, Replicate, Shard
+    except ImportError:  # pragma: no cover - torch < 2.5
+        from torch.distributed._tensor import DeviceMesh, DTensor, Replicate, Shard
+    return DTensor, DeviceMesh, Shard, Replicate
 
 
 def is_dtensor(x: Any) -> bool:
