@@ -1,4 +1,5 @@
-"""Adadelta, as ``torch.optim.Adadelta``."""
+"""Adadelta's update rule, as ``torch.optim.Adadelta`` computes it; the ``adadelta``
+composition is in :mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
@@ -12,18 +13,16 @@ from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
-from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo
 
-__all__ = ["ScaleByAdadeltaState", "adadelta", "scale_by_adadelta"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["ScaleByAdadeltaState", "adadelta", "scale_by_adadelta"]  # noqa: F822
 
 
 @state_record
@@ -143,45 +142,5 @@ def scale_by_adadelta(
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 
-def adadelta(
-    lr: float | Schedule = 1.0,
-    rho: float = 0.9,
-    eps: float = 1e-6,
-    weight_decay: float | Schedule = 0.0,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """Adadelta, as ``torch.optim.Adadelta``: ``weight_decay`` is L2 (added to the gradient).
-
-    ``chain(add_decayed_weights(weight_decay), scale_by_adadelta(rho, eps, maximize=maximize),
-    scale_by_learning_rate(lr))``; with ``maximize`` and a weight decay the gradient is negated
-    first (``scale(-1)``), as torch does. :func:`functrain.apply_gradients` runs the whole
-    chain as one in-place foreach step.
-
-    Args:
-        lr: coefficient that scales delta before it is applied (torch's default 1.0), or a
-            schedule.
-        rho: decay rate of the running averages, in [0, 1].
-        eps: added inside the square roots.
-        weight_decay: L2 coefficient, or a schedule.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = adadelta(lr=1.0, rho=0.95)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    rho = check_rho(rho)
-    check_nonnegative("eps", eps)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    if maximize and weight_decay:
-        return chain(
-            scale(-1.0),
-            add_decayed_weights(weight_decay),
-            scale_by_adadelta(rho, eps),
-            scale_by_learning_rate(lr),
-        )
-    return chain(
-        add_decayed_weights(weight_decay),
-        scale_by_adadelta(rho, eps, maximize=maximize),
-        scale_by_learning_rate(lr),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "adadelta")

@@ -31,11 +31,11 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
@@ -45,10 +45,11 @@ from functrain.transforms.scaling import LearningRateState
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 
+# The alias is served by __getattr__ (end of module).
 __all__ = [
     "DecoupledDecayState",
     "FactoredRmsState",
-    "adafactor",
+    "adafactor",  # noqa: F822
     "add_decoupled_decay",
     "scale_by_factored_rms",
     "scale_by_relative_step",
@@ -425,46 +426,5 @@ def add_decoupled_decay(
     return from_flat(FlatTransform(init, update, name=name))
 
 
-# --- the optimizer -------------------------------------------------------------------------
-
-
-def adafactor(
-    lr: float | Schedule = 1e-2,
-    beta2_decay: float = -0.8,
-    eps: tuple[float | None, float] = (None, 1e-3),
-    d: float = 1.0,
-    weight_decay: float | Schedule = 0.0,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """Adafactor, as ``torch.optim.Adafactor`` (torch's variant of Shazeer & Stern 2018).
-
-    ``chain(scale_by_factored_rms(beta2_decay, eps[0], d, maximize=maximize),
-    scale_by_relative_step(lr, eps[1]), add_decoupled_decay(lr, weight_decay))``: ``param <- param * (1 - lr*wd) -
-    max(eps2, RMS(param)) * min(lr, 1/sqrt(t)) * U / max(1, RMS(U)/d)`` with ``U`` the
-    gradient over the root of the (factored, for >= 2-d leaves) second-moment estimate. See
-    the module docstring for the full update.
-
-    ``lr`` and ``weight_decay`` may be schedules of the step. torch's ``foreach`` is not an
-    argument (every path here is foreach).
-
-    Args:
-        lr: cap of the relative step size and multiplier of the decay (default 1e-2).
-        beta2_decay: ``<= 0`` (default -0.8).
-        eps: ``(epsilon1, epsilon2)``; ``epsilon1=None`` is the dtype's machine epsilon.
-        d: update clipping threshold ``>= 1``.
-        weight_decay: decoupled decay coefficient (multiplied by ``lr``).
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = adafactor(lr=1e-2, weight_decay=1e-2)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    if not isinstance(eps, tuple | list) or len(eps) != 2:
-        raise ValueError(f"eps must be a pair (epsilon1, epsilon2), got {eps!r}")
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    return chain(
-        scale_by_factored_rms(beta2_decay, eps[0], d, maximize=maximize),
-        scale_by_relative_step(lr, eps[1]),
-        add_decoupled_decay(lr, weight_decay),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "adafactor")

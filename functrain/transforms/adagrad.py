@@ -1,4 +1,5 @@
-"""Adagrad, as ``torch.optim.Adagrad`` (with torch's fused CPU/CUDA kernel on the fast path)."""
+"""Adagrad's update rule, as ``torch.optim.Adagrad`` computes it (torch's fused CPU/CUDA kernel
+on the fast path); the ``adagrad`` composition is in :mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
@@ -13,18 +14,17 @@ from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel, group_value
-from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo, foreach_clone
 
-__all__ = ["AdagradLearningRate", "ScaleByAdagradState", "adagrad", "scale_by_adagrad"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["AdagradLearningRate", "ScaleByAdagradState", "adagrad", "scale_by_adagrad"]  # noqa: F822
 
 
 @state_record
@@ -163,53 +163,5 @@ class AdagradLearningRate:
         return f"AdagradLearningRate(lr={parts.name_of(self.lr)}, lr_decay={self.lr_decay:g})"
 
 
-def adagrad(
-    lr: float | Schedule = 1e-2,
-    lr_decay: float = 0.0,
-    weight_decay: float | Schedule = 0.0,
-    initial_accumulator_value: float = 0.0,
-    eps: float = 1e-10,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """Adagrad, as ``torch.optim.Adagrad``: ``weight_decay`` is L2 (added to the gradient).
-
-    ``chain(add_decayed_weights(weight_decay), scale_by_adagrad(eps, initial_accumulator_value),
-    scale_by_learning_rate(AdagradLearningRate(lr, lr_decay)))``: torch's step size
-    ``lr / (1 + (step - 1) * lr_decay)`` is linear in ``lr``, so ``lr_decay`` is a schedule
-    of the learning rate (a plain ``lr`` when ``lr_decay == 0``), and the learning rate in force
-    in the state is the decayed one. With ``maximize`` and a weight decay the gradient is
-    negated first (``scale(-1)``), as torch does.
-
-    :func:`functrain.apply_gradients` runs it as torch's fused Adagrad kernel
-    (``torch._fused_adagrad_``, CPU and CUDA), what ``torch.optim.Adagrad(fused=True)`` runs.
-
-    Args:
-        lr: learning rate or schedule (torch's default 1e-2).
-        lr_decay: ``>= 0``; the step size is divided by ``1 + (step - 1) * lr_decay``.
-        weight_decay: L2 coefficient, or a schedule.
-        initial_accumulator_value: initial sum of squares, >= 0.
-        eps: added to the denominator.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = adagrad(lr=0.01, lr_decay=1e-4)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    check_nonnegative("lr_decay", lr_decay)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    check_nonnegative("initial_accumulator_value", initial_accumulator_value)
-    check_nonnegative("eps", eps)
-    learning_rate = lr if lr_decay == 0 else AdagradLearningRate(lr, lr_decay)
-    if maximize and weight_decay:
-        return chain(
-            scale(-1.0),
-            add_decayed_weights(weight_decay),
-            scale_by_adagrad(eps, initial_accumulator_value),
-            scale_by_learning_rate(learning_rate),
-        )
-    return chain(
-        add_decayed_weights(weight_decay),
-        scale_by_adagrad(eps, initial_accumulator_value, maximize=maximize),
-        scale_by_learning_rate(learning_rate),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "adagrad")

@@ -1,4 +1,5 @@
-"""Adamax (Adam with an infinity-norm second moment), as ``torch.optim.Adamax``."""
+"""Adamax's update rule (Adam with an infinity-norm second moment), as ``torch.optim.Adamax``
+computes it; the ``adamax`` composition is in :mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
@@ -13,18 +14,16 @@ from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
-from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
-__all__ = ["ScaleByAdamaxState", "adamax", "scale_by_adamax"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["ScaleByAdamaxState", "adamax", "scale_by_adamax"]  # noqa: F822
 
 
 @state_record
@@ -139,43 +138,5 @@ def scale_by_adamax(
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 
-def adamax(
-    lr: float | Schedule = 2e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float | Schedule = 0.0,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """Adamax, as ``torch.optim.Adamax``: ``weight_decay`` is L2 (added to the gradient).
-
-    ``chain(add_decayed_weights(weight_decay), scale_by_adamax(*betas, eps, maximize=maximize),
-    scale_by_learning_rate(lr))``; with ``maximize`` and a weight decay the gradient is negated
-    first (``scale(-1)``), as torch does. :func:`functrain.apply_gradients` runs the whole chain
-    as one in-place foreach step.
-
-    Args:
-        lr: learning rate or schedule (torch's default 2e-3).
-        betas: ``(beta1, beta2)``, each in [0, 1).
-        eps: added to ``|g|`` before the infinity-norm maximum.
-        weight_decay: L2 coefficient, or a schedule.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = adamax(lr=2e-3, weight_decay=1e-4)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    if maximize and weight_decay:
-        return chain(
-            scale(-1.0),
-            add_decayed_weights(weight_decay),
-            scale_by_adamax(b1, b2, eps),
-            scale_by_learning_rate(lr),
-        )
-    return chain(
-        add_decayed_weights(weight_decay),
-        scale_by_adamax(b1, b2, eps, maximize=maximize),
-        scale_by_learning_rate(lr),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "adamax")

@@ -1,4 +1,5 @@
-"""Averaged SGD, as ``torch.optim.ASGD``, with the averaged parameters kept in the state."""
+"""Averaged SGD's update rule, as ``torch.optim.ASGD`` computes it, with the averaged parameters
+kept in the state; the ``asgd`` composition is in :mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
@@ -15,18 +16,17 @@ from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
     add_updates,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.scaling import add_decayed_weights, scale
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten, foreach_clone
 
-__all__ = ["ScaleByAsgdState", "asgd", "asgd_averaged_params", "scale_by_asgd"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["ScaleByAsgdState", "asgd", "asgd_averaged_params", "scale_by_asgd"]  # noqa: F822
 
 
 @state_record
@@ -236,46 +236,6 @@ def _scaled_step(
     return add_updates(params, updates, info), state
 
 
-def asgd(
-    lr: float | Schedule = 1e-2,
-    lambd: float = 1e-4,
-    alpha: float = 0.75,
-    t0: float = 1e6,
-    weight_decay: float | Schedule = 0.0,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """ASGD, as ``torch.optim.ASGD``: ``weight_decay`` is L2 (added to the gradient).
-
-    ``chain(add_decayed_weights(weight_decay), scale_by_asgd(lr, lambd, alpha, t0,
-    maximize=maximize))``; with ``maximize`` and a weight decay the gradient is negated first
-    (``scale(-1)``), as torch does. ASGD's step size ``eta`` depends non-linearly on ``lr``,
-    so :func:`scale_by_asgd` owns the update (no ``scale_by_learning_rate``). The averaged
-    parameters are in the state: :func:`asgd_averaged_params` returns them as a tree.
-
-    Args:
-        lr: learning rate (torch's default 1e-2), or a schedule.
-        lambd: decay term.
-        alpha: power for the ``eta`` update.
-        t0: point at which to start averaging.
-        weight_decay: L2 coefficient, or a schedule.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = asgd(lr=0.01, t0=1000)
-        >>> state = tx.init(params)  # doctest: +SKIP
-        >>> averaged = asgd_averaged_params(state, params)  # doctest: +SKIP
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    negate_first = bool(maximize and weight_decay)
-    return chain(
-        *([scale(-1.0)] if negate_first else []),
-        add_decayed_weights(weight_decay),
-        scale_by_asgd(lr, lambd, alpha, t0, maximize=maximize and not negate_first),
-    )
-
-
 def _find_asgd_states(state: Any) -> list[ScaleByAsgdState]:
     if isinstance(state, ScaleByAsgdState):
         return [state]
@@ -317,3 +277,7 @@ def asgd_averaged_params(state: Any, params: PyTree) -> PyTree:
     return optree.tree_unflatten(
         optree.tree_structure(params, namespace=NAMESPACE), list(found[0].ax)
     )
+
+
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "asgd")

@@ -21,20 +21,18 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
-from functrain.transforms.adam import scale_by_adam
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.base import (
     EmptyState,
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
 )
-from functrain.transforms.hyperparams import Schedule
-from functrain.transforms.scaling import add_decayed_weights, scale_by_learning_rate
-from functrain.transforms.validation import check_betas, check_nonnegative
+from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo
 
-__all__ = ["lamb", "safe_ratio", "scale_by_trust_ratio"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["lamb", "safe_ratio", "scale_by_trust_ratio"]  # noqa: F822
 
 
 def safe_ratio(numerator: Tensor, denominator: Tensor, zero: Tensor) -> Tensor:
@@ -98,38 +96,5 @@ def scale_by_trust_ratio(
     return from_flat(FlatTransform(init, update, name=name))
 
 
-def lamb(
-    lr: float | Schedule = 1e-3,
-    betas: tuple[float | Schedule, float] = (0.9, 0.999),
-    eps: float = 1e-6,
-    weight_decay: float | Schedule = 0.0,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """LAMB (You et al. 2019): Adam's direction plus decoupled decay, scaled per leaf by the
-    trust ratio ``||param|| / ||direction + weight_decay * param||``.
-
-    ``chain(scale_by_adam(*betas, eps, maximize=maximize), add_decayed_weights(weight_decay),
-    scale_by_trust_ratio(), scale_by_learning_rate(lr))``; see the module docstring for the
-    update. Defaults follow optax's ``lamb`` (``eps=1e-6``).
-
-    Args:
-        lr: learning rate or schedule.
-        betas: Adam's ``(b1, b2)``; ``b1`` may be a schedule.
-        eps: added to Adam's denominator.
-        weight_decay: decoupled decay coefficient, inside the trust ratio.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = lamb(lr=1e-3, weight_decay=0.01)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("eps", eps)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    return chain(
-        scale_by_adam(b1, b2, eps, maximize=maximize),
-        add_decayed_weights(weight_decay),
-        scale_by_trust_ratio(),
-        scale_by_learning_rate(lr),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "lamb")

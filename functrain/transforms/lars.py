@@ -21,21 +21,19 @@ from typing import Any
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.base import (
     EmptyState,
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
 )
-from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.lamb import safe_ratio
-from functrain.transforms.momentum import trace
-from functrain.transforms.scaling import scale_by_learning_rate
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo
 
-__all__ = ["lars", "scale_by_lars"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["lars", "scale_by_lars"]  # noqa: F822
 
 
 def scale_by_lars(
@@ -91,38 +89,5 @@ def scale_by_lars(
     return from_flat(FlatTransform(init, update, name=name))
 
 
-def lars(
-    lr: float | Schedule = 1.0,
-    momentum: float | Schedule = 0.9,
-    weight_decay: float = 0.0,
-    trust_coefficient: float = 1e-3,
-    eps: float = 0.0,
-    nesterov: bool = False,
-) -> GradientTransformation:
-    """LARS (You et al. 2017), the paper's variant: the trust ratio uses the gradient norm
-    and the decay term, ``eta * ||w|| / (||g|| + wd * ||w||)``, and scales ``g + wd * w``
-    before the momentum, with the learning rate inside the momentum.
-
-    ``chain(scale_by_lars(trust_coefficient, weight_decay, eps), scale_by_learning_rate(lr),
-    trace(momentum, nesterov=nesterov))``. (optax's ``lars`` differs: its ratio is
-    ``||w|| / ||g + wd * w||`` and its learning rate is applied after the momentum.)
-    ``nesterov`` is an addition to the paper (torch SGD's Nesterov form).
-
-    Args:
-        lr: global learning rate ``gamma`` or a schedule (default 1.0; the trust
-            coefficient, 1e-3, sets the step's scale).
-        momentum: momentum ``m``, >= 0, or a schedule.
-        weight_decay: the paper's ``beta``.
-        trust_coefficient: the paper's ``eta``.
-        eps: added to the ratio's denominator.
-        nesterov: Nesterov momentum.
-
-    Example:
-        >>> tx = lars(lr=2.0, momentum=0.9, weight_decay=5e-4)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    return chain(
-        scale_by_lars(trust_coefficient, weight_decay, eps),
-        scale_by_learning_rate(lr),
-        trace(momentum, nesterov=nesterov),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "lars")

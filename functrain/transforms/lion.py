@@ -18,21 +18,20 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
-from functrain.transforms.hyperparams import Schedule
-from functrain.transforms.scaling import add_decayed_weights, scale_by_learning_rate
-from functrain.transforms.validation import check_betas, check_nonnegative
+from functrain.transforms.validation import check_betas
 from functrain.tree import TreeInfo
 
-__all__ = ["ScaleByLionState", "lion", "scale_by_lion"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["ScaleByLionState", "lion", "scale_by_lion"]  # noqa: F822
 
 
 @state_record
@@ -108,34 +107,5 @@ def _sign(xs: list[Tensor], inplace: bool) -> list[Tensor]:
     return list(torch._foreach_sign(xs))
 
 
-def lion(
-    lr: float | Schedule = 1e-4,
-    betas: tuple[float, float] = (0.9, 0.99),
-    weight_decay: float | Schedule = 0.0,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """Lion (Chen et al. 2023) with the paper's decoupled weight decay.
-
-    ``chain(scale_by_lion(*betas, maximize=maximize), add_decayed_weights(weight_decay),
-    scale_by_learning_rate(lr))``: ``param <- param - lr * (sign(b1*m + (1-b1)*g) +
-    weight_decay * param)``, ``m <- b2*m + (1-b2)*g``. The paper suggests a learning rate
-    3-10x smaller and a weight decay 3-10x larger than AdamW's.
-
-    Args:
-        lr: learning rate or schedule (default 1e-4).
-        betas: ``(b1, b2)`` (default ``(0.9, 0.99)``).
-        weight_decay: decoupled decay coefficient (multiplied by ``lr``), or a schedule.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = lion(lr=3e-5, weight_decay=0.1)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    return chain(
-        scale_by_lion(b1, b2, maximize=maximize),
-        add_decayed_weights(weight_decay),
-        scale_by_learning_rate(lr),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "lion")

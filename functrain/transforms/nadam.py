@@ -1,4 +1,6 @@
-"""NAdam (Adam with Nesterov momentum and momentum decay), as ``torch.optim.NAdam``."""
+"""NAdam's update rule (Adam with Nesterov momentum and momentum decay), as
+``torch.optim.NAdam`` computes it; the ``nadam`` composition is in
+:mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
@@ -13,18 +15,16 @@ from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
-from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
-__all__ = ["ScaleByNadamState", "nadam", "scale_by_nadam"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["ScaleByNadamState", "nadam", "scale_by_nadam"]  # noqa: F822
 
 
 @state_record
@@ -172,54 +172,5 @@ def scale_by_nadam(
     return from_flat(FlatTransform(init, update, name=name, fusion=Kernel(fused)))
 
 
-def nadam(
-    lr: float | Schedule = 2e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float | Schedule = 0.0,
-    momentum_decay: float = 4e-3,
-    decoupled_weight_decay: bool = False,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """NAdam, as ``torch.optim.NAdam``.
-
-    ``chain(add_decayed_weights(weight_decay), scale_by_nadam(*betas, eps, momentum_decay),
-    scale_by_learning_rate(lr))`` (L2 decay added to the gradient; with ``maximize`` the
-    gradient is negated first, by ``scale(-1)`` when there is a decay). With
-    ``decoupled_weight_decay`` (NAdamW) the decay follows the direction instead:
-    ``chain(scale_by_nadam(...), add_decayed_weights(weight_decay),
-    scale_by_learning_rate(lr))``, i.e. ``p <- p - lr * (direction + weight_decay * p)``,
-    which is torch's ``p *= 1 - lr * weight_decay`` before the step.
-
-    :func:`functrain.apply_gradients` runs the whole chain as one in-place foreach step in
-    torch's order of operations.
-
-    Args:
-        lr: learning rate or schedule (torch's default 2e-3).
-        betas: ``(beta1, beta2)``, each in [0, 1).
-        eps: added to the denominator.
-        weight_decay: decay coefficient, or a schedule.
-        momentum_decay: momentum decay ``psi``.
-        decoupled_weight_decay: AdamW-style decay instead of L2.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = nadam(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    if decoupled_weight_decay:
-        return chain(
-            scale_by_nadam(b1, b2, eps, momentum_decay, maximize=maximize),
-            add_decayed_weights(weight_decay),
-            scale_by_learning_rate(lr),
-        )
-    negate_first = bool(maximize and weight_decay)
-    return chain(
-        *([scale(-1.0)] if negate_first else []),
-        add_decayed_weights(weight_decay),
-        scale_by_nadam(b1, b2, eps, momentum_decay, maximize=maximize and not negate_first),
-        scale_by_learning_rate(lr),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "nadam")

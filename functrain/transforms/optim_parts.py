@@ -40,12 +40,32 @@ __all__ = [
     "increment",
     "name_of",
     "one_pass",
+    "reexport_alias",
     "prepare_grads",
     "step_counter",
     "zeros",
 ]
 
 Scalar = float | Tensor
+
+
+def reexport_alias(module: str, *names: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` serving ``names`` from :mod:`functrain.transforms.alias`.
+
+    The named compositions (``adamax = chain(...)``) live in ``alias.py``, which imports the
+    modules holding their update rules; each such module re-exports its alias through this,
+    at first access, so that ``from functrain.transforms.adamax import adamax`` keeps working
+    without an import cycle.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in names:
+            from functrain.transforms import alias
+
+            return getattr(alias, name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
 def device_of(params: Sequence[Tensor]) -> torch.device:

@@ -1,4 +1,5 @@
-"""RAdam (rectified Adam), as ``torch.optim.RAdam``."""
+"""RAdam's update rule (rectified Adam), as ``torch.optim.RAdam`` computes it; the ``radam``
+composition is in :mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
@@ -13,18 +14,16 @@ from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
-from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
-__all__ = ["ScaleByRadamState", "radam", "scale_by_radam"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["ScaleByRadamState", "radam", "scale_by_radam"]  # noqa: F822
 
 
 @state_record
@@ -172,50 +171,5 @@ def scale_by_radam(
     return from_flat(FlatTransform(init, update, name=name, fusion=Kernel(fused)))
 
 
-def radam(
-    lr: float | Schedule = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float | Schedule = 0.0,
-    decoupled_weight_decay: bool = False,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """RAdam, as ``torch.optim.RAdam``.
-
-    ``chain(add_decayed_weights(weight_decay), scale_by_radam(*betas, eps),
-    scale_by_learning_rate(lr))`` (L2 decay added to the gradient; with ``maximize`` the
-    gradient is negated first, by ``scale(-1)`` when there is a decay). With
-    ``decoupled_weight_decay`` the decay follows the direction instead:
-    ``chain(scale_by_radam(...), add_decayed_weights(weight_decay),
-    scale_by_learning_rate(lr))``, which is torch's ``p *= 1 - lr * weight_decay``.
-
-    :func:`functrain.apply_gradients` runs the whole chain as one in-place foreach step.
-
-    Args:
-        lr: learning rate or schedule (torch's default 1e-3).
-        betas: ``(beta1, beta2)``, each in [0, 1).
-        eps: added to the denominator.
-        weight_decay: decay coefficient, or a schedule.
-        decoupled_weight_decay: AdamW-style decay instead of L2.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = radam(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    if decoupled_weight_decay:
-        return chain(
-            scale_by_radam(b1, b2, eps, maximize=maximize),
-            add_decayed_weights(weight_decay),
-            scale_by_learning_rate(lr),
-        )
-    negate_first = bool(maximize and weight_decay)
-    return chain(
-        *([scale(-1.0)] if negate_first else []),
-        add_decayed_weights(weight_decay),
-        scale_by_radam(b1, b2, eps, maximize=maximize and not negate_first),
-        scale_by_learning_rate(lr),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "radam")

@@ -1,4 +1,5 @@
-"""RMSprop, as ``torch.optim.RMSprop``: ``scale_by_rms`` (plain or centered) plus momentum."""
+"""RMSprop's update rule (``scale_by_rms``, plain or centered), as ``torch.optim.RMSprop``
+computes it; the ``rmsprop`` composition (with momentum) is in :mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
@@ -12,19 +13,16 @@ from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
-from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.momentum import trace
-from functrain.transforms.scaling import add_decayed_weights, scale, scale_by_learning_rate
-from functrain.transforms.validation import check_momentum, check_nonnegative, is_schedule
+from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo
 
-__all__ = ["ScaleByRmsState", "rmsprop", "scale_by_rms"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["ScaleByRmsState", "rmsprop", "scale_by_rms"]  # noqa: F822
 
 
 @state_record
@@ -144,51 +142,5 @@ def scale_by_rms(
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 
-def rmsprop(
-    lr: float | Schedule = 1e-2,
-    alpha: float = 0.99,
-    eps: float = 1e-8,
-    weight_decay: float | Schedule = 0.0,
-    momentum: float | Schedule = 0.0,
-    centered: bool = False,
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """RMSprop, as ``torch.optim.RMSprop``: ``weight_decay`` is L2 (added to the gradient).
-
-    ``chain(add_decayed_weights(weight_decay), scale_by_rms(alpha, eps, centered=centered,
-    maximize=maximize), [trace(momentum)], scale_by_learning_rate(lr))``. torch's momentum
-    buffer ``buf = momentum * buf + g / avg`` (from zeros) is exactly ``trace``'s (which starts
-    from the first update), so the momentum is a separate member; it is present when
-    ``momentum > 0`` or scheduled. With ``maximize`` and a weight decay the gradient is negated
-    first (``scale(-1)``), as torch does.
-
-    :func:`functrain.apply_gradients` runs it as one in-place foreach step without momentum,
-    and with momentum as ``scale_by_rms`` followed by torch's fused SGD-momentum kernel.
-
-    Args:
-        lr: learning rate or schedule (torch's default 1e-2).
-        alpha: smoothing constant, >= 0.
-        eps: added to the denominator.
-        weight_decay: L2 coefficient, or a schedule.
-        momentum: momentum factor >= 0, or a schedule.
-        centered: normalise by the estimated variance of the gradient.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = rmsprop(lr=1e-3, momentum=0.9, centered=True)
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    check_nonnegative("alpha", alpha)
-    check_nonnegative("eps", eps)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    check_momentum("momentum", momentum, allow_schedule=True)
-    negate_first = bool(maximize and weight_decay)
-    with_momentum = is_schedule(momentum) or momentum > 0
-    return chain(
-        *([scale(-1.0)] if negate_first else []),
-        add_decayed_weights(weight_decay),
-        scale_by_rms(alpha, eps, centered=centered, maximize=maximize and not negate_first),
-        *([trace(momentum)] if with_momentum else []),
-        scale_by_learning_rate(lr),
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "rmsprop")

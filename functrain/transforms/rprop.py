@@ -1,4 +1,5 @@
-"""Rprop (resilient backpropagation), as ``torch.optim.Rprop``."""
+"""Rprop's update rule (resilient backpropagation), as ``torch.optim.Rprop`` computes it; the
+``rprop`` alias is in :mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from functrain.transforms.kernel_specs import Kernel
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 
-__all__ = ["ScaleByRpropState", "rprop", "scale_by_rprop"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["ScaleByRpropState", "rprop", "scale_by_rprop"]  # noqa: F822
 
 
 @state_record
@@ -201,28 +203,5 @@ def scale_by_rprop(
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 
-def rprop(
-    lr: float | Schedule = 1e-2,
-    etas: tuple[float, float] = (0.5, 1.2),
-    step_sizes: tuple[float, float] = (1e-6, 50.0),
-    *,
-    maximize: bool = False,
-) -> GradientTransformation:
-    """Rprop, as ``torch.optim.Rprop``: :func:`scale_by_rprop`, which owns the whole update.
-
-    Rprop's step is ``-sign(g) * step_size`` with per-element step sizes adapted from the signs
-    of successive gradients; ``lr`` is only the initial step size, so there is no
-    ``scale_by_learning_rate`` to factor out. :func:`functrain.apply_gradients` writes the
-    step straight into the parameters.
-
-    Args:
-        lr: initial step size (torch's default 1e-2); a schedule is read at step 0 only.
-        etas: ``(etaminus, etaplus)``, multiplicative decrease and increase factors,
-            ``0 < etaminus < 1 < etaplus``.
-        step_sizes: ``(min, max)`` allowed step sizes.
-        maximize: ascend the objective.
-
-    Example:
-        >>> tx = rprop(lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50))
-    """
-    return scale_by_rprop(lr, etas, step_sizes, maximize=maximize)
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "rprop")
