@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import pickletools
 import sys
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,10 @@ __all__ = [
     "atomic_write_text",
     "decode",
     "encode",
+    "find_latest_checkpoint",
+    "find_loadable_checkpoint",
+    "first_foreign_object",
+    "list_checkpoints",
     "load_checkpoint",
     "register_record_class",
     "restore_state",
@@ -62,7 +69,14 @@ _registered: dict[str, type] = {}
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read (missing, truncated, corrupt, or not a checkpoint)."""
+    """A checkpoint file cannot be read (missing, truncated, corrupt, or not a checkpoint).
+
+    ``path`` is the file at fault when known (the command line names another one that
+    loads)."""
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
 
 
 class CheckpointMismatchError(CheckpointError, ValueError):
@@ -214,21 +228,146 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint file {str(path)!r} {what}", path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, i.e. running the file's code: wrong
+        # advice for a checkpoint, which never holds code. Say what is in the file instead.
+        foreign = first_foreign_object(path)
+        if foreign is None:
+            raise CheckpointError(
+                f"cannot read checkpoint {str(path)!r} (truncated or corrupt file?)", path
+            ) from e
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: it holds objects that are not tensors or plain "
+            f"containers (the first: {foreign}); functrain checkpoints never do, so the file "
+            "is not a functrain checkpoint or was tampered with (nothing in it was run)",
+            path,
+        ) from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, ...
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r} (truncated or corrupt file?): "
-            f"{type(e).__name__}: {e}"
+            f"{type(e).__name__}: {_first_sentence(e)}",
+            path,
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state" not in ckpt:
-        raise CheckpointError(f"{str(path)!r} is not a functrain checkpoint")
+        raise CheckpointError(
+            f"{str(path)!r} is not a functrain checkpoint: it holds {_contents(ckpt)}; "
+            "functrain reads the files its CheckpointCallback writes (a dict with "
+            f"format={FORMAT!r} and a 'state')",
+            path,
+        )
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(
-            f"{str(path)!r} was written by a newer functrain (format version {ckpt['version']})"
+            f"{str(path)!r} was written by a newer functrain (format version {ckpt['version']})",
+            path,
         )
     return ckpt
+
+
+def _contents(obj: Any) -> str:
+    """What a file that is not a functrain checkpoint holds, in words."""
+    if isinstance(obj, Mapping):
+        tensors = sum(isinstance(v, Tensor) for v in obj.values())
+        if obj and tensors == len(obj):
+            return f"a dict of {tensors} tensors (a model's state_dict?)"
+        keys = ", ".join(repr(k) for k in list(obj)[:5])
+        more = ", ..." if len(obj) > 5 else ""
+        hint = " (an mmengine checkpoint?)" if "state_dict" in obj else ""
+        return f"a dict with the keys {keys}{more}{hint}"
+    return _describe(obj)
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The first sentence of an error's message (torch appends paragraphs of advice)."""
+    text = " ".join(str(err).split())
+    end = text.find(". ")
+    return (text if end < 0 else text[:end]).rstrip(".")
+
+
+# What a functrain checkpoint's pickle may name: torch's tensor and storage rebuilders (and
+# the OrderedDict of a tensor's backward hooks). Anything else is code that a weights_only
+# load refuses.
+_TENSOR_MODULES = ("torch", "torch._utils", "torch._tensor", "torch.storage")
+_PLAIN_GLOBALS = ("collections OrderedDict", "_codecs encode")
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle stream of a ``torch.save`` file (``<name>/data.pkl`` in its zip archive;
+    the whole file in torch's legacy format)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            return archive.read(name)
+    except (zipfile.BadZipFile, StopIteration):
+        return path.read_bytes()
+
+
+def first_foreign_object(path: str | os.PathLike[str]) -> str | None:
+    """The first class or function (``"posix.system"``) named in a ``torch.save`` file that
+    is not part of a tensor, read from its pickle opcodes without unpickling anything;
+    ``None`` when there is none or the file cannot be parsed (truncated, corrupt)."""
+    try:
+        data = _pickle_bytes(Path(path))
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                name = str(arg)
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]} {strings[-1]}"
+            else:
+                if isinstance(arg, str):
+                    strings.append(arg)
+                continue
+            if name.split(" ")[0] not in _TENSOR_MODULES and name not in _PLAIN_GLOBALS:
+                return name.replace(" ", ".")
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError, EOFError):
+        return None
+    return None
+
+
+def find_latest_checkpoint(work_dir: str | os.PathLike[str]) -> str | None:
+    """The path in ``work_dir/last_checkpoint`` (written by the checkpoint callback), if the
+    pointer and the file it names exist."""
+    pointer = Path(work_dir) / "last_checkpoint"
+    if not pointer.is_file():
+        return None
+    target = pointer.read_text().strip()
+    return target if target and Path(target).is_file() else None
+
+
+def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
+    """The ``*.pth`` files in ``directory``, newest first (by modification time, then name),
+    without reading them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    files = [p for p in directory.glob("*.pth") if p.is_file()]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+
+
+def find_loadable_checkpoint(
+    directory: str | os.PathLike[str],
+    *,
+    exclude: tuple[str | os.PathLike[str], ...] = (),
+    resumable: bool = True,
+) -> Path | None:
+    """The newest checkpoint in ``directory`` that :func:`load_checkpoint` reads (and that
+    holds an optimizer state when ``resumable``), skipping ``exclude``; ``None`` if none.
+    Each candidate is read in full, so this is for error messages, not for a hot path."""
+    skip = {Path(p).resolve() for p in exclude}
+    for path in list_checkpoints(directory):
+        if path.resolve() in skip:
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        if not resumable or "opt_state" in ckpt["state"]:
+            return path
+    return None
 
 
 def _describe(x: Any) -> str:

@@ -12,7 +12,9 @@ schedules.
 ``work_dirs/<config name>``; ``--resume`` alone resumes from the work dir's last checkpoint,
 ``--resume PATH`` from that file. Several processes: ``torchrun --nproc_per_node=N -m
 functrain.cli train CONFIG --launcher pytorch``. A bad config exits with status 2 and one
-line naming the key at fault. Config files are Python and loading one executes it.
+line naming the key at fault; so does a checkpoint that cannot be read (``--resume`` then
+names the newest other checkpoint of the work dir that loads). Config files are Python and
+loading one executes it; checkpoints are loaded with ``weights_only=True`` and never run code.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from functrain.checkpoint import CheckpointError
 
 __all__ = ["main"]
 
@@ -36,6 +41,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from functrain.checkpoint import CheckpointError, find_latest_checkpoint
     from functrain.config.build import build_runner
     from functrain.ranks import is_main_process
 
@@ -58,7 +64,18 @@ def _train(args: argparse.Namespace) -> int:
         launcher=args.launcher,
     )
     runner = built.runner
-    state = runner.train()
+    if resume is True and find_latest_checkpoint(work_dir) is None and is_main_process():
+        # Not an error (a preemptible job restarts with --resume from the start), but a
+        # mistyped --work-dir would otherwise silently train from scratch.
+        print(
+            f"functrain: note: --resume: no checkpoint in {work_dir} yet "
+            f"({Path(work_dir) / 'last_checkpoint'} is missing); training from the start",
+            file=sys.stderr,
+        )
+    try:
+        state = runner.train()
+    except CheckpointError as err:
+        raise _with_fallback(err, runner.work_dir, resuming=args.resume is not None) from err
     test = runner.test() if runner.test_loop is not None else {}
     if is_main_process():
         done = (
@@ -77,6 +94,35 @@ def _train(args: argparse.Namespace) -> int:
             + f"\noutputs (logs, checkpoints, plots) in {runner.work_dir}"
         )
     return 0
+
+
+def _with_fallback(err: CheckpointError, work_dir: Any, *, resuming: bool) -> CheckpointError:
+    """``err`` with, when resuming from a file that cannot be read, the newest other
+    checkpoint of the work dir (or else of the file's directory) that does load
+    (``--resume PATH``), or a note that none does."""
+    from functrain.checkpoint import (
+        CheckpointError,
+        CheckpointMismatchError,
+        find_loadable_checkpoint,
+    )
+
+    if not resuming or err.path is None or isinstance(err, CheckpointMismatchError):
+        return err
+
+    bad = Path(err.path)
+    places = list(dict.fromkeys(Path(d) for d in (work_dir, bad.parent) if d is not None))
+    other = next(
+        (p for d in places if (p := find_loadable_checkpoint(d, exclude=(bad,))) is not None),
+        None,
+    )
+    where = " or ".join(repr(str(d)) for d in places)
+    hint = (
+        f"; the previous checkpoint {str(other)!r} loads: resume from it with --resume {other}"
+        if other is not None
+        else f"; no other checkpoint in {where} loads: train without --resume"
+    )
+    first = str(err).splitlines()[0] if str(err) else ""
+    return CheckpointError(first + hint, err.path)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -149,14 +195,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for a bad config)."""
+    """Run the command line; returns the exit status (2 for a bad config or a checkpoint
+    that cannot be loaded, with one line on stderr)."""
+    from functrain.checkpoint import CheckpointError
     from functrain.config.file import ConfigFileError
     from functrain.config.registry import ConfigError
 
     args = _parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (ConfigError, ConfigFileError, FileNotFoundError, SyntaxError) as err:
+    except (ConfigError, ConfigFileError, CheckpointError, FileNotFoundError, SyntaxError) as err:
         print(f"functrain: error: {err}".splitlines()[0], file=sys.stderr)
         return 2
 

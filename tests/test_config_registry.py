@@ -67,10 +67,16 @@ def test_build_checks_keys_and_numbers_before_calling():
 
 
 def test_factory_errors_come_back_with_the_path():
+    # The factory's message names the argument, so the path goes down to its key.
     with pytest.raises(ConfigError) as err:
         OPTIMIZERS.build(dict(type="SGD", lr=-1.0), "optim_wrapper.optimizer")
-    assert err.value.path == "optim_wrapper.optimizer"
+    assert err.value.path == "optim_wrapper.optimizer.lr"
     assert "Invalid lr: -1.0" in str(err.value)
+    # A message that names no argument stays at the factory's path.
+    with pytest.raises(ConfigError) as err:
+        OPTIMIZERS.build(dict(type="SGD", lr=0.1, nesterov=True), "optim_wrapper.optimizer")
+    assert err.value.path == "optim_wrapper.optimizer"
+    assert "Nesterov momentum requires a momentum" in str(err.value)
 
 
 def test_lazy_entries_resolve_on_get():

@@ -53,6 +53,7 @@ from functrain.config.registry import (
     check_kwargs,
     error_text,
     missing_required,
+    named_key,
     suggest,
 )
 
@@ -396,7 +397,8 @@ def _build_train_loop(cfg: Any, loader: DataLoader) -> Any:
     try:
         return loop_cls(loader, **kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(path, f"{cfg['type']}: {err}") from err
+        key = named_key(error_text(err), kwargs)
+        raise ConfigError(f"{path}.{key}" if key else path, f"{cfg['type']}: {err}") from err
 
 
 def _dynamic_intervals(value: Any, path: str) -> list[tuple[int, int]]:
@@ -701,6 +703,10 @@ def build_runner(
     if not isinstance(cfg, Mapping):
         raise ConfigError("", f"a config must be a dict, got {type(cfg).__name__}")
     check_top_level(cfg)
+    work_dir = work_dir if work_dir is not None else cfg.get("work_dir")
+    if work_dir is not None and Path(work_dir).exists() and not Path(work_dir).is_dir():
+        # Checked before anything is built (the runner would fail creating its log dir).
+        raise ConfigError("work_dir", f"{str(work_dir)!r} is a file, not a directory")
     import_custom_modules(cfg.get("custom_imports"))
     scope = cfg.get("default_scope")
     if scope not in (None, "functrain"):
@@ -768,7 +774,7 @@ def build_runner(
         test_loop=test_loop,
         callbacks=custom,
         default_callbacks=defaults,
-        work_dir=work_dir if work_dir is not None else cfg.get("work_dir"),
+        work_dir=work_dir,
         resume=resume_value,
         load_from=load_from if load_from is not None else cfg.get("load_from"),
         experiment_name=cfg.get("experiment_name"),

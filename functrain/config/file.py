@@ -640,6 +640,14 @@ def _parse_value(val: str, item: str) -> Any:
         val = val[1:-1]
     elif "," not in val:
         return _parse_scalar(val)
+    elif _next_comma(val) == len(val):
+        # Commas only inside brackets of something that is not a list or a tuple: a call such
+        # as dict(type='Adam', lr=0.01), which this syntax (mmengine's) cannot express.
+        raise ConfigFileError(
+            f"--cfg-options item {item!r}: cannot parse {val!r}; values are numbers, strings, "
+            "None, true/false, lists [a,b] and tuples (a,b): set a dict's keys one at a time "
+            "(e.g. optim_wrapper.optimizer.type=Adam optim_wrapper.optimizer.lr=0.01)"
+        )
     values = []
     while val.strip():
         idx = _next_comma(val)

@@ -43,6 +43,13 @@ from functrain.transforms.clipping import clip, clip_by_value
 from functrain.transforms.loss_scaling import loss_scaling
 from functrain.transforms.multipliers import Multiplier, mask_multipliers, paramwise_multipliers
 from functrain.transforms.torch_optimizer import torch_optimizer_factory
+from functrain.transforms.validation import (
+    MOMENTUM,
+    NONNEGATIVE,
+    UNIT_INTERVAL,
+    Range,
+    first_out_of_range,
+)
 
 __all__ = [
     "DefaultOptimWrapperConstructor",
@@ -320,9 +327,11 @@ def _build_schedules(
     max_iters: int | None,
     by_epoch_loop: bool,
     paths: Sequence[str],
+    valid: Mapping[str, tuple[str, Range]] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[ReduceOnPlateau, str]]]:
     """``{hyperparameter: schedule}`` and the plateau items (``paths``: each item's path in
-    the config, for errors)."""
+    the config, for errors). Each schedule in ``valid`` (``{hyperparameter: (optimizer key,
+    valid range)}``) is checked over the whole run (see :func:`_check_schedule_range`)."""
     builtin = set(_TYPES) | set(_PLATEAU_TYPES)
     targets: dict[str, list[int]] = {}
     plateaus = []
@@ -392,7 +401,80 @@ def _build_schedules(
         except (ValueError, TypeError, KeyError) as err:
             where = paths[indices[0]] if len(indices) == 1 else "param_scheduler"
             raise _scheduler_error(where, err, [paths[i] for i in indices]) from err
+    horizon = max_iters if max_iters is not None else (
+        max_epochs * epoch_length if max_epochs is not None and epoch_length else None
+    )  # fmt: skip
+    for target, schedule in schedules.items():
+        if valid and target in valid and horizon:
+            window = _Windows(items, paths, targets[target], epoch_length)
+            _check_schedule_range(target, schedule, bases[target], valid[target], horizon, window)
     return schedules, plateaus
+
+
+@attrs.frozen
+class _Windows:
+    """The scheduler items driving one hyperparameter, to tell which one is in force at an
+    iteration (for the range error)."""
+
+    items: Sequence[Mapping[str, Any]]
+    paths: Sequence[str]
+    indices: Sequence[int]
+    epoch_length: int | None
+
+    def at(self, step: int) -> int:
+        """The index (in ``items``) of the item whose window holds ``step`` (the last one
+        listed when several do), else of the last one that began before it."""
+        began = []
+        for i in self.indices:
+            item = self.items[i]
+            scale = (self.epoch_length or 1) if item.get("by_epoch", True) else 1
+            begin = item.get("begin", 0) * scale
+            end = item.get("end", float("inf")) * scale
+            if begin <= step:
+                began.append((begin <= step < end, begin, i))
+        return max(began)[2] if began else self.indices[0]
+
+
+def _check_schedule_range(
+    target: str, schedule: Any, base: float, valid: tuple[str, Range], horizon: int,
+    windows: _Windows,
+) -> None:  # fmt: skip
+    """:class:`ConfigError` at the scheduler item in force when ``schedule`` first leaves
+    the range the optimizer's own check enforces (``lr >= 0``, ``momentum`` in ``[0, 1]``,
+    ``betas[0]`` in ``[0, 1)``, ...), naming the item, the iteration and the value. The
+    schedule is evaluated once over all ``horizon`` iterations as a 1-d tensor, when the
+    config is built: the optimizer never checks per step."""
+    key, rule = valid
+    found = first_out_of_range(schedule, horizon, rule)
+    if found is None:
+        return
+    step, value = found
+    i = windows.at(step)
+    item = windows.items[i]
+    raise ConfigError(
+        windows.paths[i],
+        f"{item['type']} ({windows.paths[i]}) drives {key} to {value!r} at iteration {step} "
+        f"(optim_wrapper.optimizer.{key} = {base!r}); {rule.describe(key)} at every "
+        "iteration (check its factors, eta_min / end values and the base value)",
+    )
+
+
+def _valid_ranges(given: Mapping[str, Any]) -> dict[str, tuple[str, Range]]:
+    """``{schedulable hyperparameter: (its optimizer key, valid range)}``: the rules the
+    Python factories apply to a number (:mod:`functrain.transforms.validation`); any other
+    numeric hyperparameter must stay finite."""
+    valid = {
+        key: (key, NONNEGATIVE) for key in ("lr", "weight_decay", "eps") if key in given
+    }  # fmt: skip
+    if "momentum" in given:
+        valid["momentum"] = ("momentum", MOMENTUM)
+    elif isinstance(given.get("betas"), tuple):
+        valid["momentum"] = ("betas[0]", UNIT_INTERVAL)
+    finite = Range(-float("inf"), float("inf"))
+    for key, value in given.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            valid.setdefault(key, (key, finite))
+    return valid
 
 
 def build_optimizer(
@@ -506,10 +588,17 @@ def build_optimizer(
         if isinstance(value, int | float) and not isinstance(value, bool):
             bases.setdefault(key, value)
 
+    what = f"optimizer {opt_cfg['type']}"
     items = _schedule_items(param_scheduler)
+    if items:
+        # A scheduled hyperparameter reaches the factory as a schedule, which its number
+        # checks (lr >= 0, momentum in [0, 1], ...) do not see: run them on the configured
+        # numbers first, with the Python API's own messages.
+        call(f"{path}.optimizer", what, factory, kwargs)
     schedules, plateaus = _build_schedules(
         items, bases, epoch_length=epoch_length, max_epochs=max_epochs, max_iters=max_iters,
         by_epoch_loop=by_epoch_loop, paths=_item_paths(param_scheduler, len(items)),
+        valid=_valid_ranges(given),
     )  # fmt: skip
     n = _number(
         f"{path}.accumulative_counts", optim_wrapper.get("accumulative_counts", 1),
@@ -522,9 +611,7 @@ def build_optimizer(
         scheduled[target] = schedule
     if "momentum" in scheduled and "momentum" not in given:
         scheduled["betas"] = (scheduled.pop("momentum"), given["betas"][1])
-    optimizer = call(
-        f"{path}.optimizer", f"optimizer {opt_cfg['type']}", factory, {**kwargs, **scheduled}
-    )
+    optimizer = call(f"{path}.optimizer", what, factory, {**kwargs, **scheduled})
 
     paramwise_cfg = optim_wrapper.get("paramwise_cfg")
     if paramwise_cfg is not None:

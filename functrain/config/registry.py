@@ -24,7 +24,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 __all__ = ["ConfigError", "Lazy", "Registry", "suggest"]
@@ -250,4 +251,15 @@ def call(path: str, what: str, factory: Callable[..., Any], kwargs: Mapping[str,
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError) as err:
-        raise ConfigError(path, f"{what}: {error_text(err)}") from err
+        text = error_text(err)
+        key = named_key(text, kwargs)
+        where = f"{path}.{key}" if key and path else key or path
+        raise ConfigError(where, f"{what}: {text}") from err
+
+
+def named_key(text: str, keys: Iterable[str]) -> str | None:
+    """The key of ``keys`` an error message is about: ``"Invalid lr: ..."``, ``"momentum
+    must be ..."``, ``"`T_max` must ..."``, ``"max_epochs must be ..."``; ``None`` when it
+    names none at its start."""
+    match = re.match(r"(?:Invalid |`)?(\w+)`?(?:\[\d+\])?(?::| must| should| needs)", text)
+    return match.group(1) if match and match.group(1) in set(keys) else None

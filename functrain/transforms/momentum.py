@@ -18,7 +18,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.kernel_specs import Kernel, group_value
-from functrain.transforms.validation import check_nonnegative, is_schedule
+from functrain.transforms.validation import check_momentum, is_schedule
 from functrain.tree import TreeInfo, foreach_clone
 
 __all__ = ["TraceState", "trace"]
@@ -60,7 +60,7 @@ def trace(
     Example:
         >>> tx = chain(trace(0.9, nesterov=True), scale_by_learning_rate(0.1))
     """
-    check_nonnegative("momentum", momentum, allow_schedule=True)
+    check_momentum("momentum", momentum, allow_schedule=True)
     if isinstance(dampening, bool) or not isinstance(dampening, int | float):
         raise ValueError(f"dampening must be a number, got {dampening!r}")
     scheduled = is_schedule(momentum)

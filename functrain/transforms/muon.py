@@ -40,7 +40,7 @@ from functrain.transforms.base import (
 from functrain.transforms.combinators import partition
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.scaling import scale_by_learning_rate
-from functrain.transforms.validation import check_nonnegative
+from functrain.transforms.validation import check_momentum, check_nonnegative
 from functrain.tree import TreeInfo
 
 __all__ = ["MuonState", "is_matrix", "muon", "newton_schulz", "scale_by_muon"]
@@ -169,7 +169,7 @@ def scale_by_muon(
     Example:
         >>> tx = chain(scale_by_muon(), scale_by_learning_rate(0.02))
     """
-    check_nonnegative("momentum", momentum, allow_schedule=True)
+    check_momentum("momentum", momentum, allow_schedule=True)
     coefficients = _check_ns(ns_coefficients, ns_steps, eps, adjust_lr_fn)
     eps = float(eps)
 
