@@ -238,3 +238,29 @@ def test_curves_plot_writes_a_png(tmp_path):
     assert plot.path == tmp_path / "curves.png"
     assert plot.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["step"] for r in runner.log_records if r["mode"] == "val"] == [1, 2, 3]
+
+
+def test_every_event_is_a_written_out_method_with_mmengine_arguments():
+    # mmengine's Hook methods, with ``state`` after ``runner``: help() and IDEs show them.
+    import inspect
+
+    import mmengine.hooks
+
+    from functrain.callbacks import EVENTS
+
+    for event in EVENTS:
+        method = Callback.__dict__[event]  # defined on the class, not synthesised onto it
+        assert method.__doc__, event
+        ours = list(inspect.signature(method).parameters)
+        theirs = list(inspect.signature(getattr(mmengine.hooks.Hook, event)).parameters)
+        assert ours == [theirs[0], theirs[1], "state", *theirs[2:]], event
+
+
+def test_inherited_noops_are_not_dispatched_but_overrides_are():
+    class OnlyIter(Callback):
+        def after_train_iter(self, runner, state, batch_idx, data_batch=None, outputs=None):
+            return None
+
+    cbs = CallbackList([OnlyIter()])
+    assert [f.__name__ for f in cbs.handlers("after_train_iter")] == ["after_train_iter"]
+    assert cbs.handlers("before_train_iter") == []

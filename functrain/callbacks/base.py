@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import enum
 import re
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+from functrain.callbacks.history import ScalarHistory
 
 if TYPE_CHECKING:
     from functrain.state import TrainState
@@ -107,6 +105,12 @@ def get_priority(priority: int | str | Priority) -> int:
     raise TypeError(f"priority must be an int, a name or a Priority, got {priority!r}")
 
 
+def _noop(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a :class:`Callback` event method as the inherited do-nothing default."""
+    fn._functrain_noop = True  # type: ignore[attr-defined]
+    return fn
+
+
 def _snake(name: str) -> str:
     name = re.sub(r"(Callback|Hook)$", "", name) or name
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
@@ -167,23 +171,164 @@ class Callback:
     def is_last_train_iter(runner: Any) -> bool:
         return runner.iter + 1 == runner.max_iters
 
+    # The events (mmengine's ``Hook`` methods plus ``state``). Each returns a new state or
+    # ``None``; the inherited no-ops are marked so that the runner never calls them.
+    @_noop
+    def before_run(self, runner: Any, state: TrainState) -> TrainState | None:
+        """Before anything else in ``train`` / ``val`` / ``test``."""
+        return None
+
+    @_noop
+    def after_run(self, runner: Any, state: TrainState) -> TrainState | None:
+        """After everything else in ``train`` / ``val`` / ``test``."""
+        return None
+
+    @_noop
+    def before_train(self, runner: Any, state: TrainState) -> TrainState | None:
+        """Before the first training epoch (after resuming)."""
+        return None
+
+    @_noop
+    def after_train(self, runner: Any, state: TrainState) -> TrainState | None:
+        """After the last training epoch and its validation."""
+        return None
+
+    @_noop
+    def before_val(self, runner: Any, state: TrainState) -> TrainState | None:
+        """Before a validation run."""
+        return None
+
+    @_noop
+    def after_val(self, runner: Any, state: TrainState) -> TrainState | None:
+        """After a validation run."""
+        return None
+
+    @_noop
+    def before_test(self, runner: Any, state: TrainState) -> TrainState | None:
+        """Before a test run."""
+        return None
+
+    @_noop
+    def after_test(self, runner: Any, state: TrainState) -> TrainState | None:
+        """After a test run."""
+        return None
+
+    @_noop
+    def before_save_checkpoint(
+        self, runner: Any, state: TrainState, checkpoint: dict[str, Any]
+    ) -> TrainState | None:
+        """Just before ``checkpoint`` (editable in place) is written."""
+        return None
+
+    @_noop
+    def after_load_checkpoint(
+        self, runner: Any, state: TrainState, checkpoint: dict[str, Any]
+    ) -> TrainState | None:
+        """Right after ``checkpoint`` is read, before the state is restored from it."""
+        return None
+
+    @_noop
+    def before_train_epoch(self, runner: Any, state: TrainState) -> TrainState | None:
+        """Before each training epoch (once for the iteration-based loop)."""
+        return None
+
+    @_noop
+    def before_val_epoch(self, runner: Any, state: TrainState) -> TrainState | None:
+        """Before the batches of a validation run."""
+        return None
+
+    @_noop
+    def before_test_epoch(self, runner: Any, state: TrainState) -> TrainState | None:
+        """Before the batches of a test run."""
+        return None
+
+    @_noop
+    def after_train_epoch(self, runner: Any, state: TrainState) -> TrainState | None:
+        """After each training epoch; ``runner.epoch`` is not yet incremented."""
+        return None
+
+    @_noop
+    def after_val_epoch(
+        self, runner: Any, state: TrainState, metrics: Mapping[str, float] | None = None
+    ) -> TrainState | None:
+        """After the batches of a validation run, with the evaluator's ``metrics``."""
+        return None
+
+    @_noop
+    def after_test_epoch(
+        self, runner: Any, state: TrainState, metrics: Mapping[str, float] | None = None
+    ) -> TrainState | None:
+        """After the batches of a test run, with the evaluator's ``metrics``."""
+        return None
+
+    @_noop
+    def before_train_iter(
+        self, runner: Any, state: TrainState, batch_idx: int, data_batch: Any = None
+    ) -> TrainState | None:
+        """Before the train step on batch ``batch_idx`` of the epoch."""
+        return None
+
+    @_noop
+    def before_val_iter(
+        self, runner: Any, state: TrainState, batch_idx: int, data_batch: Any = None
+    ) -> TrainState | None:
+        """Before the eval step on validation batch ``batch_idx``."""
+        return None
+
+    @_noop
+    def before_test_iter(
+        self, runner: Any, state: TrainState, batch_idx: int, data_batch: Any = None
+    ) -> TrainState | None:
+        """Before the eval step on test batch ``batch_idx``."""
+        return None
+
+    @_noop
+    def after_train_iter(
+        self,
+        runner: Any,
+        state: TrainState,
+        batch_idx: int,
+        data_batch: Any = None,
+        outputs: Mapping[str, Any] | None = None,
+    ) -> TrainState | None:
+        """After the train step; ``outputs`` are its metrics, still on the device."""
+        return None
+
+    @_noop
+    def after_val_iter(
+        self,
+        runner: Any,
+        state: TrainState,
+        batch_idx: int,
+        data_batch: Any = None,
+        outputs: Any = None,
+    ) -> TrainState | None:
+        """After the eval step on validation batch ``batch_idx``, with its ``outputs``."""
+        return None
+
+    @_noop
+    def after_test_iter(
+        self,
+        runner: Any,
+        state: TrainState,
+        batch_idx: int,
+        data_batch: Any = None,
+        outputs: Any = None,
+    ) -> TrainState | None:
+        """After the eval step on test batch ``batch_idx``, with its ``outputs``."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.state_key()!r}, priority={self.priority!r})"
 
 
-def _noop(self: Any, runner: Any, state: Any, **kwargs: Any) -> None:
-    return None
-
-
-for _event in EVENTS:
-    setattr(Callback, _event, _noop)
-
-
 def _handles(cb: Any, event: str) -> bool:
+    """Whether ``cb`` does something on ``event`` (a :class:`Callback`'s inherited no-op
+    does not, so the dispatch table skips it)."""
     fn = getattr(type(cb), event, None)
     if fn is None:
         return callable(getattr(cb, event, None))
-    return fn is not _noop
+    return not getattr(fn, "_functrain_noop", False)
 
 
 class CallbackList:
@@ -275,92 +420,3 @@ class CallbackList:
                     self._tables[attr] = [
                         getattr(c, attr) for c, _, _ in ordered if callable(getattr(c, attr, None))
                     ]
-
-
-def _plain(value: Any) -> Any:
-    """A DTensor (the optimizer state of a ZeRO-1 / FSDP run holds them) as a plain tensor:
-    replicated values read locally, others gathered (a collective that every rank runs, as
-    every rank runs the same callbacks). Anything else unchanged."""
-    placements = getattr(value, "placements", None)
-    if isinstance(value, Tensor) and placements is not None and hasattr(value, "to_local"):
-        if all(p.is_replicate() for p in placements):
-            return value.to_local()
-        return value.full_tensor()
-    return value
-
-
-class ScalarHistory:
-    """Recent values of named scalars (mmengine's message hub ``HistoryBuffer``s).
-
-    Values may be Python numbers or 0-d tensors left on the device: reading them (``mean``,
-    ``current``) is deferred until someone asks, and :meth:`read` turns many of them into
-    floats with a single host transfer. DTensors (a sharded optimizer state's learning rate
-    or gradient norm) are kept as plain local tensors.
-    """
-
-    def __init__(self, max_length: int = 1000) -> None:
-        self.max_length = max_length
-        self._data: dict[str, deque[Any]] = {}
-        self.info: dict[str, Any] = {}
-
-    def update(self, key: str, value: Any) -> None:
-        buf = self._data.get(key)
-        if buf is None:
-            buf = self._data[key] = deque(maxlen=self.max_length)
-        buf.append(_plain(value))
-
-    def keys(self) -> list[str]:
-        return list(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data and len(self._data[key]) > 0
-
-    def clear(self, prefix: str = "") -> None:
-        for key in [k for k in self._data if k.startswith(prefix)]:
-            del self._data[key]
-
-    def values(self, key: str, window: int | None = None) -> list[Any]:
-        buf = self._data.get(key, ())
-        items = list(buf)
-        return items if window is None else items[-window:]
-
-    def current(self, key: str) -> Any:
-        return self._data[key][-1]
-
-    def mean(self, key: str, window: int | None = None) -> Any:
-        """Mean of the last ``window`` values (all kept values when ``None``); a tensor when
-        the values are tensors (no host sync), else a float."""
-        items = self.values(key, window)
-        if not items:
-            raise KeyError(f"no values recorded for {key!r}")
-        if any(isinstance(v, Tensor) for v in items):
-            device = next(v.device for v in items if isinstance(v, Tensor))
-            return torch.stack(
-                [torch.as_tensor(v, device=device).float().reshape(()) for v in items]
-            ).mean()
-        return sum(float(v) for v in items) / len(items)
-
-    @staticmethod
-    def read(values: dict[str, Any]) -> dict[str, float]:
-        """``values`` with tensors turned into floats, with one host transfer per device."""
-        out: dict[str, float] = {}
-        by_device: dict[Any, list[tuple[str, Tensor]]] = {}
-        for k, v in values.items():
-            v = _plain(v)
-            if isinstance(v, Tensor):
-                by_device.setdefault(v.device, []).append((k, v))
-            else:
-                out[k] = float(v)
-        for items in by_device.values():
-            numbers = torch.stack([v.detach().double().reshape(()) for _, v in items]).tolist()
-            for (k, _), x in zip(items, numbers, strict=True):
-                out[k] = x
-        return {k: out[k] for k in values}
-
-
-def sequence_of_str(value: Any) -> bool:
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and all(isinstance(v, str) for v in value)
-    )

@@ -1,0 +1,92 @@
+"""Recent values of named scalars (mmengine's message hub), read on the host only on demand."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["ScalarHistory"]
+
+
+def _plain(value: Any) -> Any:
+    """A DTensor (the optimizer state of a ZeRO-1 / FSDP run holds them) as a plain tensor:
+    replicated values read locally, others gathered (a collective that every rank runs, as
+    every rank runs the same callbacks). Anything else unchanged."""
+    placements = getattr(value, "placements", None)
+    if isinstance(value, Tensor) and placements is not None and hasattr(value, "to_local"):
+        if all(p.is_replicate() for p in placements):
+            return value.to_local()
+        return value.full_tensor()
+    return value
+
+
+class ScalarHistory:
+    """Recent values of named scalars (mmengine's message hub ``HistoryBuffer``s).
+
+    Values may be Python numbers or 0-d tensors left on the device: reading them (``mean``,
+    ``current``) is deferred until someone asks, and :meth:`read` turns many of them into
+    floats with a single host transfer. DTensors (a sharded optimizer state's learning rate
+    or gradient norm) are kept as plain local tensors.
+    """
+
+    def __init__(self, max_length: int = 1000) -> None:
+        self.max_length = max_length
+        self._data: dict[str, deque[Any]] = {}
+        self.info: dict[str, Any] = {}
+
+    def update(self, key: str, value: Any) -> None:
+        buf = self._data.get(key)
+        if buf is None:
+            buf = self._data[key] = deque(maxlen=self.max_length)
+        buf.append(_plain(value))
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data and len(self._data[key]) > 0
+
+    def clear(self, prefix: str = "") -> None:
+        for key in [k for k in self._data if k.startswith(prefix)]:
+            del self._data[key]
+
+    def values(self, key: str, window: int | None = None) -> list[Any]:
+        buf = self._data.get(key, ())
+        items = list(buf)
+        return items if window is None else items[-window:]
+
+    def current(self, key: str) -> Any:
+        return self._data[key][-1]
+
+    def mean(self, key: str, window: int | None = None) -> Any:
+        """Mean of the last ``window`` values (all kept values when ``None``); a tensor when
+        the values are tensors (no host sync), else a float."""
+        items = self.values(key, window)
+        if not items:
+            raise KeyError(f"no values recorded for {key!r}")
+        if any(isinstance(v, Tensor) for v in items):
+            device = next(v.device for v in items if isinstance(v, Tensor))
+            return torch.stack(
+                [torch.as_tensor(v, device=device).float().reshape(()) for v in items]
+            ).mean()
+        return sum(float(v) for v in items) / len(items)
+
+    @staticmethod
+    def read(values: dict[str, Any]) -> dict[str, float]:
+        """``values`` with tensors turned into floats, with one host transfer per device."""
+        out: dict[str, float] = {}
+        by_device: dict[Any, list[tuple[str, Tensor]]] = {}
+        for k, v in values.items():
+            v = _plain(v)
+            if isinstance(v, Tensor):
+                by_device.setdefault(v.device, []).append((k, v))
+            else:
+                out[k] = float(v)
+        for items in by_device.values():
+            numbers = torch.stack([v.detach().double().reshape(()) for _, v in items]).tolist()
+            for (k, _), x in zip(items, numbers, strict=True):
+                out[k] = x
+        return {k: out[k] for k in values}
