@@ -653,6 +653,26 @@ def test_helpers_without_a_process_group():
     assert comm.init_distributed("none") is False
 
 
+def test_rank_queries_live_below_the_distributed_package():
+    # The loops and callbacks take rank queries from functrain.ranks, a low-level module; it
+    # must not pull in the distributed package (or anything above the tree layer).
+    import subprocess
+
+    code = (
+        "import sys, functrain.ranks, functrain.callbacks.logger, functrain.loops; "
+        "print(sorted(m for m in sys.modules if m.startswith('functrain.distributed')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+    from functrain import ranks
+
+    # functrain.distributed.comm re-exports the same functions (not copies).
+    for name in ("get_rank", "get_world_size", "is_main_process", "broadcast_object"):
+        assert getattr(comm, name) is getattr(ranks, name), name
+
+
 @pytest.mark.parametrize(
     ("env_cfg", "launcher", "error", "match"),
     [

@@ -1,11 +1,14 @@
 """Data-parallel training on torch.distributed: process groups and launch
-(:mod:`~functrain.distributed.comm`), mmengine's samplers (:mod:`~functrain.distributed.sampler`),
+(:mod:`~functrain.distributed.comm`: rank queries from :mod:`functrain.ranks`, setup in
+:mod:`~functrain.distributed.launch`), mmengine's samplers (:mod:`~functrain.distributed.sampler`),
 gradient averaging and buffer syncing (:mod:`~functrain.distributed.data_parallel`), sharded
 optimizer state (:mod:`~functrain.distributed.zero`) and DTensor parameters
 (:mod:`~functrain.distributed.dtensor`).
 
-The loops and callbacks import :mod:`functrain.distributed.comm`, so this package must not
-import :mod:`functrain.loops` at import time.
+The loops and callbacks use :mod:`functrain.ranks`, below this package; this package imports
+:mod:`functrain.callbacks.base` and :mod:`functrain.state` but must not import
+:mod:`functrain.loops` at import time (:func:`functrain.make_train_step` imports
+:mod:`~functrain.distributed.data_parallel` lazily).
 """
 
 from functrain.distributed.comm import (

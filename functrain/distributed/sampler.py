@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from functrain.distributed.comm import get_rank, get_world_size, sync_random_seed
+from functrain.ranks import get_rank, get_world_size, sync_random_seed
 
 __all__ = ["DefaultSampler", "InfiniteSampler"]
 
@@ -55,7 +55,25 @@ def _seed(seed: int | None) -> int:
     return seed
 
 
-class DefaultSampler(Sampler[int]):
+class _RankShareSampler(Sampler[int]):
+    """What both samplers hold: the dataset, the shuffling seed (the same on every rank) and
+    this rank's place. Like mmengine's samplers, it does not call ``Sampler.__init__``."""
+
+    def __init__(
+        self,
+        dataset: Sized,
+        shuffle: bool,
+        seed: int | None,
+        rank: int | None,
+        world_size: int | None,
+    ) -> None:
+        self.rank, self.world_size = _place(rank, world_size)
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = _seed(seed)
+
+
+class DefaultSampler(_RankShareSampler):
     """mmengine's ``DefaultSampler``: this rank's share of a (per-epoch shuffled) dataset.
 
     The order of an epoch is ``torch.randperm(len(dataset))`` from a generator seeded with
@@ -91,10 +109,7 @@ class DefaultSampler(Sampler[int]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        self.rank, self.world_size = _place(rank, world_size)
-        self.dataset = dataset
-        self.shuffle = shuffle
-        self.seed = _seed(seed)
+        super().__init__(dataset, shuffle, seed, rank, world_size)
         self.epoch = 0
         self.round_up = round_up
         n = len(dataset)
@@ -141,7 +156,7 @@ class DefaultSampler(Sampler[int]):
         )
 
 
-class InfiniteSampler(Sampler[int]):
+class InfiniteSampler(_RankShareSampler):
     """mmengine's ``InfiniteSampler``: this rank's share of an endless run of permutations,
     for iteration-based training (a ``DataLoader`` over it never runs out).
 
@@ -177,10 +192,7 @@ class InfiniteSampler(Sampler[int]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        self.rank, self.world_size = _place(rank, world_size)
-        self.dataset = dataset
-        self.shuffle = shuffle
-        self.seed = _seed(seed)
+        super().__init__(dataset, shuffle, seed, rank, world_size)
         self.size = len(dataset)
         self.indices = self._indices_of_rank()
 
