@@ -340,6 +340,26 @@ def test_single_process_is_the_wrapped_transform():
     assert all(torch.equal(results[0][k], results[1][k]) for k in params)
 
 
+def test_single_process_update_is_the_wrapped_transform():
+    # Through update (not apply_gradients), with and without params: in one process the
+    # wrapper calls tx.update itself, so the same kernels run in the same order (exact).
+    params = {"w": torch.randn(5, 3), "b": torch.randn(3)}
+    grads = [{k: torch.randn_like(v) for k, v in params.items()} for _ in range(3)]
+
+    def inner():
+        return ft.chain(ft.clip(0.5), ft.sgd(0.1, momentum=0.9))
+
+    for with_params in (True, False):
+        results = []
+        for tx in (inner(), shard_optimizer(inner())):
+            p, state = {k: v.clone() for k, v in params.items()}, tx.init(params)
+            for g in grads:
+                updates, state = tx.update(g, state, p if with_params else None)
+                p = ft.apply_updates(p, updates)
+            results.append(p)
+        assert all(torch.equal(results[0][k], results[1][k]) for k in params), with_params
+
+
 @pytest.mark.parametrize("name", ["adamw", "sgd", "clip_adamw", "clip_sgd"])
 @pytest.mark.parametrize("path", ["update", "apply_gradients"])
 def test_dtensor_params_match_full_tensors(world, name, path):

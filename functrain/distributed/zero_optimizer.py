@@ -110,35 +110,6 @@ def _state_shapes(
     return _shapes_of(leaves, optree.tree_leaves(template, namespace=NAMESPACE))
 
 
-def _shapes_after_update(
-    tx: GradientTransformation,
-    old: ShardedState,
-    new_inner: Any,
-    like: list[Tensor],
-    info: TreeInfo,
-    extra: dict[str, Any],
-) -> tuple[tuple[int, ...] | None, ...]:
-    """Shapes for a state whose leaves changed in an update (a momentum buffer created on
-    the first step, say): the same update replayed on meta tensors of the full shapes."""
-    old_leaves, spec = optree.tree_flatten(old.inner, namespace=NAMESPACE)
-    meta_old = spec.unflatten(
-        [
-            _meta(x, shape) if isinstance(x, Tensor) else x
-            for x, shape in zip(old_leaves, old.shapes, strict=True)
-        ]
-    )
-    meta = info.unflatten([_meta(t) for t in like])
-    new_leaves = optree.tree_leaves(new_inner, namespace=NAMESPACE)
-    try:
-        _, template = tx.update(meta, meta_old, meta, **extra)
-    except Exception as e:
-        raise ValueError(
-            "shard_optimizer: the wrapped transform's state changed its leaves in an update "
-            f"and replaying the update on meta tensors to learn their shapes failed ({e})"
-        ) from e
-    return _shapes_of(new_leaves, optree.tree_leaves(template, namespace=NAMESPACE))
-
-
 def _shapes_for(
     tx: GradientTransformation,
     old: ShardedState,
@@ -147,9 +118,28 @@ def _shapes_for(
     info: TreeInfo,
     extra: dict[str, Any],
 ) -> tuple[tuple[int, ...] | None, ...]:
-    if optree.tree_structure(new_inner, namespace=NAMESPACE).num_leaves == len(old.shapes):
+    """The full shape of each DTensor leaf of ``new_inner``: ``old``'s when the update kept the
+    leaves, else (a momentum buffer created on the first step, say) learnt by replaying the
+    same update on meta tensors of the full shapes."""
+    new_leaves = optree.tree_leaves(new_inner, namespace=NAMESPACE)
+    if len(new_leaves) == len(old.shapes):
         return old.shapes
-    return _shapes_after_update(tx, old, new_inner, like, info, extra)
+    old_leaves, spec = optree.tree_flatten(old.inner, namespace=NAMESPACE)
+    meta_old = spec.unflatten(
+        [
+            _meta(x, shape) if isinstance(x, Tensor) else x
+            for x, shape in zip(old_leaves, old.shapes, strict=True)
+        ]
+    )
+    meta = info.unflatten([_meta(t) for t in like])
+    try:
+        _, template = tx.update(meta, meta_old, meta, **extra)
+    except Exception as e:
+        raise ValueError(
+            "shard_optimizer: the wrapped transform's state changed its leaves in an update "
+            f"and replaying the update on meta tensors to learn their shapes failed ({e})"
+        ) from e
+    return _shapes_of(new_leaves, optree.tree_leaves(template, namespace=NAMESPACE))
 
 
 def shard_optimizer(
@@ -239,18 +229,15 @@ def shard_optimizer(
         else:
             targets = into
         gather_into(locals_, targets, lay, group)
-        dsts = [
-            targets[i]
+        # Replicated leaves are not gathered: each rank copies its own full result, unless
+        # it was computed in place in the target already.
+        copies = [
+            i
             for i in range(len(locals_))
             if not lay.sharded[i] and targets[i].data_ptr() != locals_[i].data_ptr()
         ]
-        srcs = [
-            locals_[i]
-            for i in range(len(locals_))
-            if not lay.sharded[i] and targets[i].data_ptr() != locals_[i].data_ptr()
-        ]
-        if dsts:
-            torch._foreach_copy_(dsts, srcs)
+        if copies:
+            torch._foreach_copy_([targets[i] for i in copies], [locals_[i] for i in copies])
         return [t.view(shape) for t, shape in zip(targets, shapes, strict=True)]
 
     def init(params: list[Tensor], info: TreeInfo) -> ShardedState:
@@ -271,21 +258,17 @@ def shard_optimizer(
     ) -> tuple[list[Tensor], ShardedState]:
         world, rank = get_world_size(group), get_rank(group)
         state = check_state(state, world)
-        tree_params = None
-        if world == 1:
-            if params is not None:
-                tree_params = info.unflatten(params)
-            new, inner = tx.update(
-                info.unflatten(updates), state.inner, tree_params, donate=info.donate, **extra
-            )
-            return flatten_like(new, info, "updates"), ShardedState(inner, (), 1)
-        lay, dparams, dgrads = shards(params, updates, world, rank)
-        if dparams is not None:
-            tree_params = info.unflatten(dparams)
+        if world == 1:  # one process: tx on the full tensors, no collectives
+            lay, run_params, run_grads = None, params, updates
+        else:
+            lay, run_params, run_grads = shards(params, updates, world, rank)
+        tree_params = None if run_params is None else info.unflatten(run_params)
         new, inner = tx.update(
-            info.unflatten(dgrads), state.inner, tree_params, donate=info.donate, **extra
+            info.unflatten(run_grads), state.inner, tree_params, donate=info.donate, **extra
         )
         results = flatten_like(new, info, "updates")
+        if lay is None:
+            return results, ShardedState(inner, (), 1)
         full = full_tensors(results, lay, [u.shape for u in updates], None)
         shapes = _shapes_for(tx, state, inner, updates, info, extra)
         return full, ShardedState(inner, shapes, world)
@@ -310,26 +293,23 @@ def shard_optimizer(
             )
         world, rank = get_world_size(group), get_rank(group)
         state = check_state(state, world)
-        if world == 1:
-            new, inner = apply_gradients(
-                tx,
-                info.unflatten(params),
-                info.unflatten(grads),
-                state.inner,
-                donate=info.donate,
-            )
-            return flatten_like(new, info), ShardedState(inner, (), 1)
-        lay, dparams, dgrads = shards(params, grads, world, rank)
-        assert dparams is not None
+        if world == 1:  # one process: tx's own step on the full tensors, no collectives
+            lay, run_params, run_grads, fused = None, params, grads, None
+        else:
+            lay, run_params, run_grads = shards(params, grads, world, rank)
+            fused = fused_flag()
+        assert run_params is not None
         new, inner = apply_gradients(
             tx,
-            info.unflatten(dparams),
-            info.unflatten(dgrads),
+            info.unflatten(run_params),
+            info.unflatten(run_grads),
             state.inner,
             donate=info.donate,
-            fused=fused_flag(),
+            fused=fused,
         )
         results = flatten_like(new, info)
+        if lay is None:
+            return results, ShardedState(inner, (), 1)
         into = None
         if info.donate and all(p.is_contiguous() for p in params):
             into = [p.view(-1) for p in params]
