@@ -11,12 +11,24 @@ entry whose magnitude grows past twice its old value with a sign change, say).
   are re-rounded the same way after each ``step`` is matched BITWISE over 30 steps, for
   hypothesis-drawn options (fixed step and strong Wolfe, history sizes, tolerances, lr,
   float32/float64, value_fn or loss_fn, with or without the caller's loss).
-* test_lbfgs_close_to_plain_torch: against unmodified torch, float64, 10 steps. L-BFGS
-  amplifies that ulp through its curvature pairs (``y = g_new - g_old`` cancels near
-  convergence) and its host-side stopping tests, by how much depends on the problem and
-  options: the tolerances below are the measured amplification with a 10x margin. In
-  float32 a flipped stopping test can change the number of iterations and the trajectory
-  is not comparable beyond a few steps; the bitwise test above is the float32 check.
+  Bitwise on every machine: both sides run the same kernels on the same inputs in the same
+  order (the loss, its gradient and every L-BFGS operation), so whatever kernels the machine
+  picks, it picks them for both.
+* test_lbfgs_close_to_plain_torch: against unmodified torch, float64. L-BFGS amplifies that
+  ulp through its curvature pairs (``y = g_new - g_old`` cancels near convergence) and its
+  host-side stopping tests (``ys > 1e-10``, ``|loss - prev_loss| < tolerance_change``, the
+  Wolfe comparisons of nearly equal losses): how much depends on the problem, the options
+  and the machine's kernels (ulp-level differences in the matmul and reductions move where
+  the cancellation lands). Each case therefore runs only as many steps as stay away from
+  that regime, where the amplification measured on three kernel sets (AVX-512, AVX2 and
+  ``ATEN_CPU_CAPABILITY=default``, each with MKL / oneDNN restricted to match) and twelve
+  seeds is small, and its tolerance is that measurement with a margin. There the number of
+  function evaluations is robust too (no stopping test near its threshold: the counts
+  agreed on every seed and kernel set) and is compared exactly. Beyond it, with torch's
+  defaults (20 iterations per step to ``tolerance_change``), the two runs are not
+  comparable: over 10 steps the iterates drift 3e-5 to 0.4 apart and the evaluation counts
+  by a few, depending on the kernels. In float32 a flipped stopping test can change the
+  number of iterations within a few steps; the bitwise test above is the float32 check.
 """
 
 from __future__ import annotations
@@ -151,29 +163,35 @@ def test_lbfgs_bitwise_with_torch_rounded_like_apply_updates(
 
 
 @pytest.mark.parametrize(
-    "kw, rtol",
+    "kw, steps, rtol",
     [
-        # measured 8.5e-15
-        (dict(lr=0.5, max_iter=5, history_size=3), 1e-13),
-        # measured 8.1e-12
+        # 5 evaluations per step (max_iter), far from convergence: measured <= 3.2e-15 over
+        # 10 steps on the three kernel sets (seed 0; up to 1.6e-12 on other seeds)
+        (dict(lr=0.5, max_iter=5, history_size=3), 10, 1e-13),
+        # measured <= 1.3e-11 on the three kernel sets (seed 0; up to 3e-11 on other seeds)
         (
             dict(lr=0.1, max_iter=7, history_size=2, line_search_fn="strong_wolfe"),
+            10,
             1e-10,
         ),
-        # torch's defaults, 20 iterations per step: measured 4.1e-6 and 5.6e-6
-        (dict(line_search_fn="strong_wolfe"), 5e-5),
-        (dict(), 5e-5),
+        # torch's defaults, 20 iterations per step: each step runs to tolerance_change, and
+        # from the 4th step on the history holds pairs from converged iterates, whose
+        # cancellation amplifies an ulp ~100x per step (measured at 3 / 4 / 5 steps, worst
+        # over 12 seeds and the three kernel sets: 2.3e-11 / 2.3e-9 / 5.6e-7). Three steps.
+        (dict(line_search_fn="strong_wolfe"), 3, 1e-9),
+        (dict(), 3, 1e-9),
     ],
 )
-def test_lbfgs_close_to_plain_torch(kw, rtol):
-    steps = 10
+def test_lbfgs_close_to_plain_torch(kw, steps, rtol):
     p0, loss = classification_problem(torch.float64, 0, steps, n=64)
     expected, torch_state = run_torch(kw, p0, loss, steps, reround=False)
     ours, state = run_functrain(kw, p0, loss, steps)
     for k in p0:
         err = ((ours[k] - expected[k]).abs().max() / expected[k].abs().max()).item()
         assert err <= rtol, f"leaf {k!r}: relative error {err:.3g} > {rtol:g}"
+    # Robust in this range (see the module docstring): no stopping test is near its threshold.
     assert int(state.func_evals) == torch_state["func_evals"]
+    assert int(state.n_iter) == torch_state["n_iter"]
 
 
 def test_lbfgs_pure_and_donating_paths_are_bitwise_equal():
