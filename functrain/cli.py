@@ -137,7 +137,8 @@ def _schedule(args: argparse.Namespace) -> int:
     from functrain.schedules import plot_schedules
 
     cfg = _load(args)
-    from functrain.config.build import import_custom_modules, to_plain
+    from functrain.config.build import import_custom_modules
+    from functrain.config.config_dict import to_plain
 
     cfg = to_plain(cfg)
     import_custom_modules(cfg.get("custom_imports"))
@@ -198,8 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a bad config or a checkpoint
     that cannot be loaded, with one line on stderr)."""
     from functrain.checkpoint import CheckpointError
-    from functrain.config.file import ConfigFileError
-    from functrain.config.registry import ConfigError
+    from functrain.config.errors import ConfigError, ConfigFileError
 
     args = _parser().parse_args(argv)
     try:

@@ -8,7 +8,7 @@ import torch
 
 import functrain as ft
 from functrain.config import HOOKS, OPTIMIZERS, ConfigError, Registry
-from functrain.config.registry import Lazy
+from functrain.config.registry_class import Lazy
 
 
 def test_register_module_as_decorator_with_names_and_force():

@@ -5,19 +5,8 @@ Hand functrain the sections of an mmengine / MMDetection config (``optim_wrapper
 or as a Python config file, and get the runner mmengine would have built, with its numbers.
 """
 
-from functrain.config.build import Built, build_runner, import_custom_modules, parse_losses
-from functrain.config.explain import explain
-from functrain.config.file import (
-    Config,
-    ConfigDict,
-    ConfigFileError,
-    load_config,
-    merge_from_dict,
-    parse_cfg_options,
-)
-from functrain.config.hooks import Hook
-from functrain.config.optim import DefaultOptimWrapperConstructor, OptimizerPlan, build_optimizer
-from functrain.config.registries import (
+from functrain.config.build import Built, build_runner, import_custom_modules
+from functrain.config.builtin_registries import (
     CALLBACKS,
     DATA_SAMPLERS,
     DATASETS,
@@ -32,7 +21,16 @@ from functrain.config.registries import (
     PARAM_SCHEDULERS,
     REGISTRIES,
 )
-from functrain.config.registry import ConfigError, Registry
+from functrain.config.config_dict import Config, ConfigDict
+from functrain.config.errors import ConfigError, ConfigFileError
+from functrain.config.explain import explain
+from functrain.config.file import load_config
+from functrain.config.hooks import Hook
+from functrain.config.model_calls import parse_losses
+from functrain.config.optim import OptimizerPlan, build_optimizer
+from functrain.config.overrides import merge_from_dict, parse_cfg_options
+from functrain.config.paramwise import DefaultOptimWrapperConstructor
+from functrain.config.registry_class import Registry
 
 __all__ = [
     "CALLBACKS",

@@ -24,39 +24,27 @@ from __future__ import annotations
 
 import importlib
 import logging
-import random
 import re
 import warnings
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import optree
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader
 
-from functrain.config.file import to_plain
+from functrain.config.builtin_registries import MODELS
+from functrain.config.config_dict import to_plain
+from functrain.config.dataloaders import build_dataloader, seed_from_config
+from functrain.config.errors import ConfigError, error_text, suggest
+from functrain.config.loops_hooks import build_eval_loop, build_hooks, build_train_loop
+from functrain.config.model_calls import (
+    loss_fn,
+    parse_losses,
+)
 from functrain.config.optim import OptimizerPlan, build_optimizer
-from functrain.config.registries import (
-    DATA_SAMPLERS,
-    DATASETS,
-    FUNCTIONS,
-    HOOKS,
-    LOOPS,
-    METRICS,
-    MODELS,
-)
-from functrain.config.registry import (
-    ConfigError,
-    check_kwargs,
-    error_text,
-    missing_required,
-    named_key,
-    suggest,
-)
 
+# Some names are re-exported from the modules they moved to when the config package was
+# split by what each module holds, so that imports from here keep working.
 __all__ = [
     "KNOWN_KEYS",
     "Built",
@@ -64,11 +52,14 @@ __all__ = [
     "build_model",
     "build_runner",
     "build_training",
+    "check_top_level",
     "import_custom_modules",
     "parse_losses",
+    "to_plain",
 ]
 
 logger = logging.getLogger("functrain.config")
+
 
 #: Top-level keys a config may have (others are the user's own variables, unless they look
 #: like a misspelling of one of these).
@@ -79,10 +70,14 @@ KNOWN_KEYS = (
     "log_level", "log_processor", "load_from", "resume", "work_dir", "randomness",
     "auto_scale_lr", "visualizer", "experiment_name",
 )  # fmt: skip
+
+
 _IGNORED_WITH_NOTE = {
     "log_processor": "the logger's window_size / by_epoch options are on LoggerHook",
     "visualizer": "functrain logs scalars as JSON lines and plots curves with CurvesPlot",
 }
+
+
 #: MMCV 1.x / MMDetection 2.x keys: mmengine's runner ignores them, so a config that still
 #: has them trains without what they say. Building warns, naming the replacement.
 LEGACY_KEYS = {
@@ -97,10 +92,6 @@ LEGACY_KEYS = {
     "fp16": "optim_wrapper=dict(type='AmpOptimWrapper', ...)",
     "workflow": "train_cfg / val_cfg",
 }
-_DATALOADER_KEYS = (
-    "batch_size", "num_workers", "persistent_workers", "pin_memory", "drop_last",
-    "prefetch_factor", "timeout", "sampler", "batch_sampler", "collate_fn", "dataset", "shuffle",
-)  # fmt: skip
 
 
 class Built:
@@ -176,346 +167,6 @@ def _import_hint(name: str) -> str:
     return f"; list the module that registers it ({module!r}), not {attr!r} itself" if found else ""
 
 
-def set_random_seed(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy (when installed) and torch (CPU and CUDA), as mmengine's
-    ``set_random_seed``."""
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True)
-
-
-def _randomness(cfg: Mapping[str, Any], rank: int) -> int | None:
-    rnd = cfg.get("randomness") or {}
-    if not isinstance(rnd, Mapping):
-        raise ConfigError("randomness", f"must be a dict like dict(seed=0), got {rnd!r}")
-    allowed = ("seed", "deterministic", "diff_rank_seed")
-    for key in rnd:
-        if key not in allowed:
-            raise ConfigError(
-                f"randomness.{key}",
-                f"unknown key {key!r}{suggest(key, allowed)} (accepted: {', '.join(allowed)})",
-            )
-    seed = rnd.get("seed")
-    if seed is None:  # mmengine: rank 0 draws one and every rank uses it
-        from functrain.ranks import sync_random_seed
-
-        seed = sync_random_seed()
-    elif isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("randomness.seed", f"expected an int, got {seed!r}")
-    if rnd.get("diff_rank_seed", False):
-        seed += rank
-    set_random_seed(seed, bool(rnd.get("deterministic", False)))
-    return seed
-
-
-def _worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
-    worker_seed = num_workers * rank + worker_id + seed
-    set_random_seed(worker_seed)
-
-
-def build_dataloader(
-    cfg: Any, path: str, *, seed: int | None, rank: int = 0, diff_rank_seed: bool = False
-) -> DataLoader:
-    """mmengine's ``Runner.build_dataloader``: ``dataset``, ``sampler`` (default
-    ``DefaultSampler``) and ``collate_fn`` from the registries, the rest to ``DataLoader``."""
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(path, f"must be a dict with 'dataset' and 'batch_size', got {cfg!r}")
-    for key in cfg:
-        if key not in _DATALOADER_KEYS:
-            raise ConfigError(
-                f"{path}.{key}",
-                f"unknown dataloader key {key!r}{suggest(key, _DATALOADER_KEYS)} "
-                f"(accepted: {', '.join(_DATALOADER_KEYS)})",
-            )
-    if "dataset" not in cfg:
-        raise ConfigError(path, "needs a 'dataset' (e.g. dataset=dict(type='Digits'))")
-    for key, minimum in (("batch_size", 1), ("num_workers", 0)):
-        value = cfg.get(key, minimum)
-        if key == "batch_size" and value is None:  # DataLoader's "no batching"
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{path}.{key}", f"expected an int >= {minimum}, got {value!r}")
-    if "shuffle" in cfg:
-        raise ConfigError(
-            f"{path}.shuffle",
-            "mmengine configs shuffle through the sampler: sampler=dict(type='DefaultSampler', "
-            "shuffle=True)",
-        )
-    dataset_cfg = cfg["dataset"]
-    if isinstance(dataset_cfg, str | bytes | int | float) or dataset_cfg is None:
-        raise ConfigError(
-            f"{path}.dataset",
-            f"expected a dict like dict(type='Digits', ...) or a Dataset, got {dataset_cfg!r}",
-        )
-    dataset = (
-        DATASETS.build(dataset_cfg, f"{path}.dataset")
-        if isinstance(dataset_cfg, Mapping)
-        else dataset_cfg
-    )
-    sampler_seed = None if diff_rank_seed else seed
-    sampler_cfg = cfg.get("sampler", {"type": "DefaultSampler", "shuffle": False})
-    sampler = DATA_SAMPLERS.build(
-        sampler_cfg, f"{path}.sampler", dataset=dataset, seed=sampler_seed
-    )
-    collate_cfg = cfg.get("collate_fn", {"type": "default_collate"})
-    if isinstance(collate_cfg, Mapping):
-        collate = FUNCTIONS.get(collate_cfg.get("type"), f"{path}.collate_fn.type")
-        collate_kwargs = {k: v for k, v in collate_cfg.items() if k != "type"}
-        if collate_kwargs:
-            collate = partial(collate, **collate_kwargs)
-    elif callable(collate_cfg):
-        collate = collate_cfg
-    else:
-        raise ConfigError(
-            f"{path}.collate_fn",
-            f"expected a dict like dict(type='pseudo_collate') or a function, got {collate_cfg!r}",
-        )
-    kwargs = {k: v for k, v in cfg.items() if k not in ("dataset", "sampler", "collate_fn")}
-    if "batch_size" not in kwargs:
-        raise ConfigError(path, "needs a 'batch_size'")
-    num_workers = kwargs.get("num_workers", 0)
-    init_fn = None
-    if seed is not None and num_workers:
-        init_fn = partial(_worker_init_fn, num_workers=num_workers, rank=rank, seed=seed)
-    if kwargs.get("batch_sampler") is not None:
-        raise ConfigError(f"{path}.batch_sampler", "batch samplers are not supported")
-    kwargs.pop("batch_sampler", None)
-    if not num_workers:
-        kwargs.pop("persistent_workers", None)
-    try:
-        return DataLoader(
-            dataset, sampler=sampler, collate_fn=collate, worker_init_fn=init_fn, **kwargs
-        )
-    except (TypeError, ValueError) as err:
-        text = error_text(err)
-        named = [k for k in kwargs if re.search(rf"\b{re.escape(k)}\b", text)]
-        raise ConfigError(f"{path}.{named[0]}" if len(named) == 1 else path, text) from err
-
-
-def parse_losses(losses: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """mmengine's ``BaseModel.parse_losses``: a loss tensor as is; a dict of tensors (or
-    lists of tensors) -> the sum of every value whose key contains ``'loss'``, each mean-
-    reduced (a list: the sum of the means); the other keys are returned for logging."""
-    if isinstance(losses, Tensor):
-        return losses, {}
-    if not isinstance(losses, Mapping):
-        raise TypeError(
-            f"the model's mode='loss' output must be a tensor or a dict of them, got "
-            f"{type(losses).__name__}"
-        )
-    log_vars = {}
-    for name, value in losses.items():
-        if isinstance(value, Tensor):
-            log_vars[name] = value.mean()
-        elif isinstance(value, Sequence) and all(isinstance(v, Tensor) for v in value):
-            log_vars[name] = sum(v.mean() for v in value)
-        else:
-            raise TypeError(f"loss {name!r} must be a tensor or a list of tensors, got {value!r}")
-    terms = [v for k, v in log_vars.items() if "loss" in k]
-    if not terms:
-        raise ValueError(f"the model's losses {sorted(log_vars)} have no key containing 'loss'")
-    loss = sum(terms[1:], terms[0])
-    return loss, {k: v.detach() for k, v in log_vars.items() if k != "loss"}
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    def move(x: Any) -> Any:
-        return x.to(device, non_blocking=True) if isinstance(x, Tensor) else x
-
-    return optree.tree_map(move, batch, none_is_leaf=True)
-
-
-def _call_model(forward: Any, batch: Any, mode: str) -> Any:
-    if isinstance(batch, Mapping):
-        return forward(**batch, mode=mode)
-    if isinstance(batch, tuple | list):
-        return forward(*batch, mode=mode)
-    return forward(batch, mode=mode)
-
-
-def _loss_fn(device: torch.device) -> Any:
-    def loss_fn(forward: Any, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        return parse_losses(_call_model(forward, _to_device(batch, device), "loss"))
-
-    return loss_fn
-
-
-def _predict_fn(device: torch.device) -> Any:
-    def predict(forward: Any, batch: Any) -> Any:
-        return _call_model(forward, _to_device(batch, device), "predict")
-
-    return predict
-
-
-def _build_evaluator(cfg: Any, path: str) -> Any:
-    if isinstance(cfg, Sequence) and not isinstance(cfg, str):
-        if len(cfg) != 1:
-            raise ConfigError(path, "one evaluator per loop is supported; got a list of "
-                              f"{len(cfg)}")  # fmt: skip
-        cfg, path = cfg[0], f"{path}[0]"
-    if isinstance(cfg, Mapping) and cfg.get("type") == "Evaluator":
-        return _build_evaluator(cfg.get("metrics"), f"{path}.metrics")
-    return METRICS.build(cfg, path)
-
-
-def _build_train_loop(cfg: Any, loader: DataLoader) -> Any:
-    path = "train_cfg"
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(path, f"must be a dict, got {cfg!r}")
-    cfg = dict(cfg)
-    if "type" not in cfg:
-        by_epoch = cfg.pop("by_epoch", True)
-        cfg["type"] = "EpochBasedTrainLoop" if by_epoch else "IterBasedTrainLoop"
-    elif "by_epoch" in cfg:
-        raise ConfigError(f"{path}.by_epoch", "give either 'type' or the 'by_epoch' shorthand")
-    if cfg["type"] not in ("EpochBasedTrainLoop", "IterBasedTrainLoop") and cfg["type"] in LOOPS:
-        raise ConfigError(f"{path}.type", f"{cfg['type']} is not a train loop")
-    loop_cls = LOOPS.get(cfg["type"], f"{path}.type")
-    kwargs = {k: v for k, v in cfg.items() if k != "type"}
-    check_kwargs(path, cfg["type"], loop_cls, {"dataloader": loader, **kwargs})
-    missing = missing_required(loop_cls, {"dataloader": loader, **kwargs})
-    if missing:
-        raise ConfigError(f"{path}.{missing[0]}", f"{cfg['type']} needs {missing[0]!r}")
-    for key in ("max_epochs", "max_iters", "val_interval", "val_begin"):
-        if key in kwargs and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], int)):
-            raise ConfigError(f"{path}.{key}", f"expected an int, got {kwargs[key]!r}")
-    if kwargs.get("val_interval", 1) < 1:
-        # mmengine would divide by it at the first validation (ZeroDivisionError).
-        raise ConfigError(f"{path}.val_interval", f"must be >= 1, got {kwargs['val_interval']}")
-    if "dynamic_intervals" in kwargs:
-        kwargs["dynamic_intervals"] = _dynamic_intervals(kwargs["dynamic_intervals"], path)
-    try:
-        return loop_cls(loader, **kwargs)
-    except (TypeError, ValueError) as err:
-        key = named_key(error_text(err), kwargs)
-        raise ConfigError(f"{path}.{key}" if key else path, f"{cfg['type']}: {err}") from err
-
-
-def _dynamic_intervals(value: Any, path: str) -> list[tuple[int, int]]:
-    where = f"{path}.dynamic_intervals"
-    if not isinstance(value, list | tuple):
-        raise ConfigError(where, f"must be a list of (milestone, interval) pairs, got {value!r}")
-    pairs = []
-    for i, item in enumerate(value):
-        ok = isinstance(item, list | tuple) and len(item) == 2
-        if not ok or not all(isinstance(x, int) and not isinstance(x, bool) for x in item):
-            raise ConfigError(
-                f"{where}[{i}]", f"must be a (milestone, interval) pair of ints, got {item!r}"
-            )
-        if item[1] < 1:
-            raise ConfigError(f"{where}[{i}]", f"the interval must be >= 1, got {item[1]}")
-        pairs.append((item[0], item[1]))
-    return pairs
-
-
-def _eval_loop(
-    cfg: Mapping[str, Any], mode: str, model: Any, device: torch.device, seed: int | None
-) -> tuple[Any, torch.dtype | None]:
-    loop_cfg, loader_cfg, evaluator_cfg = (
-        cfg.get(f"{mode}_cfg"),
-        cfg.get(f"{mode}_dataloader"),
-        cfg.get(f"{mode}_evaluator"),
-    )
-    given = [x is not None for x in (loop_cfg, loader_cfg, evaluator_cfg)]
-    if not any(given):
-        return None, None
-    if not all(given):
-        missing = [
-            name
-            for name, g in zip(
-                (f"{mode}_cfg", f"{mode}_dataloader", f"{mode}_evaluator"), given, strict=True
-            )
-            if not g
-        ]
-        raise ConfigError(
-            ", ".join(missing),
-            f"{mode}_cfg, {mode}_dataloader and {mode}_evaluator must be given together "
-            "(mmengine's rule); add the missing ones or remove the others",
-        )
-    if not isinstance(loop_cfg, Mapping):
-        raise ConfigError(f"{mode}_cfg", f"must be a dict (e.g. dict()), got {loop_cfg!r}")
-    loop_cfg = dict(loop_cfg)
-    loop_type = loop_cfg.pop("type", "ValLoop" if mode == "val" else "TestLoop")
-    expected = "ValLoop" if mode == "val" else "TestLoop"
-    if loop_type != expected:
-        LOOPS.get(loop_type, f"{mode}_cfg.type")
-        raise ConfigError(f"{mode}_cfg.type", f"must be {expected!r}, got {loop_type!r}")
-    for key in loop_cfg:
-        if key != "fp16":
-            raise ConfigError(
-                f"{mode}_cfg.{key}",
-                f"unknown key {key!r} for {expected}{suggest(key, ['fp16'])} (accepted: fp16)",
-            )
-    autocast = torch.float16 if loop_cfg.get("fp16") else None
-    from functrain.step import make_eval_step
-
-    loader = build_dataloader(loader_cfg, f"{mode}_dataloader", seed=seed)
-    evaluator = _build_evaluator(evaluator_cfg, f"{mode}_evaluator")
-    loop_cls = LOOPS.get(expected)
-    step = make_eval_step(model, _predict_fn(device), autocast=autocast)
-    return loop_cls(loader, step, evaluator), autocast
-
-
-def _build_hooks(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any]]:
-    defaults: dict[str, Any] = {}
-    default_hooks = cfg.get("default_hooks") or {}
-    if not isinstance(default_hooks, Mapping):
-        raise ConfigError(
-            "default_hooks", f"must be a dict of name -> hook dict, got {default_hooks!r}"
-        )
-    for name, hook_cfg in default_hooks.items():
-        path = f"default_hooks.{name}"
-        defaults[name] = None if hook_cfg is None else _build_hook(hook_cfg, path)
-    custom = []
-    custom_hooks = cfg.get("custom_hooks") or []
-    if not isinstance(custom_hooks, Sequence) or isinstance(custom_hooks, str | Mapping):
-        raise ConfigError("custom_hooks", f"must be a list of hook dicts, got {custom_hooks!r}")
-    for i, hook_cfg in enumerate(custom_hooks):
-        hook = _build_hook(hook_cfg, f"custom_hooks[{i}]")
-        if hook is not None:
-            custom.append(hook)
-    return defaults, custom
-
-
-def _build_hook(hook_cfg: Any, path: str) -> Any:
-    from functrain.callbacks import Priority, get_priority
-
-    if not isinstance(hook_cfg, Mapping):
-        if isinstance(hook_cfg, str | bytes | int | float | list | tuple):
-            raise ConfigError(
-                path, f"expected a dict like dict(type='CheckpointHook', ...), got {hook_cfg!r}"
-            )
-        return hook_cfg  # an already-built callback
-    hook_cfg = dict(hook_cfg)
-    priority = hook_cfg.pop("priority", None)
-    if priority is not None:
-        try:
-            get_priority(priority)
-        except (ValueError, KeyError, TypeError) as err:
-            names = [p.name for p in Priority]
-            text = error_text(err)
-            if isinstance(priority, str):
-                text = (
-                    f"unknown priority {priority!r}{suggest(priority.upper(), names)} (use an "
-                    f"int in [0, 100] or one of {', '.join(names)})"
-                )
-            raise ConfigError(f"{path}.priority", text) from err
-    hook = HOOKS.build(hook_cfg, path)
-    if hook is not None and priority is not None:
-        hook.priority = priority
-    return hook
-
-
 def _auto_scale_lr(cfg: Mapping[str, Any], optim_wrapper: Mapping[str, Any], batch: int) -> Any:
     """mmengine's ``auto_scale_lr``: ``lr *= world_size * batch_size / base_batch_size``."""
     scale = cfg.get("auto_scale_lr")
@@ -588,7 +239,7 @@ def build_training(
         cfg["train_dataloader"], "train_dataloader", seed=seed, rank=rank,
         diff_rank_seed=diff_rank_seed,
     )  # fmt: skip
-    train_loop = _build_train_loop(cfg["train_cfg"], loader)
+    train_loop = build_train_loop(cfg["train_cfg"], loader)
     by_epoch = bool(train_loop.by_epoch)
     optim_wrapper = _auto_scale_lr(cfg, cfg["optim_wrapper"], loader.batch_size or 1)
     plan = build_optimizer(
@@ -720,7 +371,7 @@ def build_runner(
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise _env_error(launcher, err) from err
     rank = get_rank()
-    seed = _randomness(cfg, rank)
+    seed = seed_from_config(cfg, rank)
     diff_rank_seed = bool((cfg.get("randomness") or {}).get("diff_rank_seed", False))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -740,7 +391,7 @@ def build_runner(
         )  # fmt: skip
         state = TrainState.create(model, plan.tx, device=device)
         # The transform averages the gradients itself when data_parallel (see build_optimizer).
-        train_step = make_train_step(model, _loss_fn(device), plan.tx, autocast=plan.autocast)
+        train_step = make_train_step(model, loss_fn(device), plan.tx, autocast=plan.autocast)
     else:
         from functrain.transforms.base import identity
 
@@ -750,9 +401,9 @@ def build_runner(
         from functrain.distributed.data_parallel import broadcast_state
 
         state = broadcast_state(state)  # every rank starts from rank 0's tensors
-    val_loop, _ = _eval_loop(cfg, "val", model, device, seed)
-    test_loop, _ = _eval_loop(cfg, "test", model, device, seed)
-    defaults, custom = _build_hooks(cfg)
+    val_loop, _ = build_eval_loop(cfg, "val", model, device, seed)
+    test_loop, _ = build_eval_loop(cfg, "test", model, device, seed)
+    defaults, custom = build_hooks(cfg)
     if plan is not None:
         logged = _first_group_values(cfg, model, plan)
         if logged:

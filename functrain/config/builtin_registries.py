@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functrain.config.registry import Lazy, Registry
+from functrain.config.registry_class import Lazy, Registry
 
 __all__ = [
     "CALLBACKS",
@@ -47,17 +47,40 @@ __all__ = [
 ]
 
 OPTIMIZERS = Registry("OPTIMIZERS", "optimizer")
+
+
 OPTIM_WRAPPERS = Registry("OPTIM_WRAPPERS", "optimizer wrapper")
+
+
 OPTIM_WRAPPER_CONSTRUCTORS = Registry("OPTIM_WRAPPER_CONSTRUCTORS", "optimizer wrapper constructor")
+
+
 PARAM_SCHEDULERS = Registry("PARAM_SCHEDULERS", "parameter scheduler")
+
+
 HOOKS = Registry("HOOKS", "hook")
+
+
 CALLBACKS = HOOKS
+
+
 LOOPS = Registry("LOOPS", "loop")
+
+
 MODELS = Registry("MODELS", "model")
+
+
 DATASETS = Registry("DATASETS", "dataset")
+
+
 DATA_SAMPLERS = Registry("DATA_SAMPLERS", "data sampler")
+
+
 METRICS = Registry("METRICS", "metric")
+
+
 FUNCTIONS = Registry("FUNCTIONS", "function")
+
 
 REGISTRIES: dict[str, Registry] = {
     r.name: r
@@ -89,7 +112,7 @@ def _register_builtins() -> None:
         OPTIM_WRAPPERS.register_module(name, module=name)
     OPTIM_WRAPPER_CONSTRUCTORS.register_module(
         "DefaultOptimWrapperConstructor",
-        module=Lazy("functrain.config.optim:DefaultOptimWrapperConstructor"),
+        module=Lazy("functrain.config.paramwise:DefaultOptimWrapperConstructor"),
     )
     for name in (*_TYPES, *_PLATEAU_TYPES):
         PARAM_SCHEDULERS.register_module(name, module=name)  # built by from_mmengine
@@ -98,7 +121,7 @@ def _register_builtins() -> None:
         ("LoggerHook", "Logger"): cb.Logger,
         ("CheckpointHook", "CheckpointCallback"): cb.CheckpointCallback,
         ("DistSamplerSeedHook", "SamplerSeed"): cb.SamplerSeed,
-        ("EMAHook",): Lazy("functrain.config.optim:ema_hook"),
+        ("EMAHook",): Lazy("functrain.config.hooks:ema_hook"),
         ("EMA",): cb.EMA,
         ("EarlyStoppingHook", "EarlyStopping"): cb.EarlyStopping,
         ("ProgressBar",): cb.ProgressBar,

@@ -14,8 +14,8 @@ from functrain.config.build import (
     build_training,
     check_top_level,
     import_custom_modules,
-    to_plain,
 )
+from functrain.config.config_dict import to_plain
 from functrain.config.optim import OptimizerPlan
 
 __all__ = ["explain", "key_iterations", "schedule_table"]

@@ -26,7 +26,7 @@ from typing import Any
 
 from functrain.callbacks.base import EVENTS, Callback
 
-__all__ = ["FirstGroupScalars", "Hook", "NumClassCheck"]
+__all__ = ["FirstGroupScalars", "Hook", "NumClassCheck", "ema_hook"]
 
 
 def _takes_state(method: Callable[..., Any]) -> bool:
@@ -125,3 +125,27 @@ class FirstGroupScalars(Callback):
     def after_train_iter(self, runner, state, batch_idx, data_batch=None, outputs=None):
         for name, fn in self.values.items():
             runner.history.update(f"train/{name}", float(fn(runner.iter)))
+
+
+def ema_hook(
+    ema_type: str = "ExponentialMovingAverage",
+    strict_load: bool = True,
+    begin_iter: int = 0,
+    begin_epoch: int = 0,
+    momentum: float = 0.0002,
+    interval: int = 1,
+    update_buffers: bool = False,
+) -> Any:
+    """mmengine's ``EMAHook`` config -> :class:`functrain.callbacks.EMA` (only the
+    ``ExponentialMovingAverage`` strategy)."""
+    from functrain.callbacks import EMA
+
+    if ema_type != "ExponentialMovingAverage":
+        raise ValueError(f"ema_type {ema_type!r} is not supported; only 'ExponentialMovingAverage'")
+    return EMA(
+        momentum=momentum,
+        interval=interval,
+        begin_iter=begin_iter,
+        begin_epoch=begin_epoch,
+        update_buffers=update_buffers,
+    )

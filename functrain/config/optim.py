@@ -19,44 +19,43 @@ step under accumulation (mmengine steps its schedulers once per micro-batch).
 from __future__ import annotations
 
 import inspect
-import re
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
-from functrain.config.registries import (
+from functrain.config.builtin_registries import (
     OPTIM_WRAPPER_CONSTRUCTORS,
     OPTIM_WRAPPERS,
     OPTIMIZERS,
-    PARAM_SCHEDULERS,
 )
-from functrain.config.registry import ConfigError, call, check_kwargs, error_text, suggest
-from functrain.schedules import ReduceOnPlateau, from_mmengine, mmengine_target
-from functrain.schedules._mmengine import _PLATEAU_TYPES, _TYPES
+from functrain.config.errors import ConfigError, check_allowed, check_number, suggest
+from functrain.config.hooks import ema_hook
+from functrain.config.param_schedulers import (
+    build_schedules,
+    item_paths,
+    schedule_items,
+    valid_ranges,
+)
+from functrain.config.paramwise import (
+    DefaultOptimWrapperConstructor,
+    check_paramwise_values,
+    paramwise_error,
+)
+from functrain.config.registry_class import call, check_kwargs
+from functrain.schedules import ReduceOnPlateau
 from functrain.transforms.accumulation import accumulate, optimizer_step_schedule
 from functrain.transforms.base import GradientTransformation, chain
 from functrain.transforms.clipping import clip, clip_by_value
 from functrain.transforms.loss_scaling import loss_scaling
-from functrain.transforms.multipliers import Multiplier, mask_multipliers, paramwise_multipliers
+from functrain.transforms.multipliers import Multiplier, mask_multipliers
 from functrain.transforms.torch_optimizer import torch_optimizer_factory
-from functrain.transforms.validation import (
-    MOMENTUM,
-    NONNEGATIVE,
-    UNIT_INTERVAL,
-    Range,
-    first_out_of_range,
-)
 
-__all__ = [
-    "DefaultOptimWrapperConstructor",
-    "OptimizerPlan",
-    "build_optimizer",
-    "ema_hook",
-]
+# Some names are re-exported from the modules they moved to when the config package was
+# split by what each module holds, so that imports from here keep working.
+__all__ = ["DefaultOptimWrapperConstructor", "OptimizerPlan", "build_optimizer", "ema_hook"]
 
 WRAPPER_KEYS = {
     "OptimWrapper": ("type", "optimizer", "paramwise_cfg", "clip_grad", "accumulative_counts",
@@ -64,79 +63,24 @@ WRAPPER_KEYS = {
     "AmpOptimWrapper": ("type", "optimizer", "paramwise_cfg", "clip_grad", "accumulative_counts",
                         "constructor", "loss_scale", "dtype"),
 }  # fmt: skip
+
+
 _IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable")
+
+
 _CLIP_KEYS = {"norm": ("type", "max_norm", "norm_type", "error_if_nonfinite", "foreach"),
               "value": ("type", "clip_value", "foreach")}  # fmt: skip
+
+
 _DTYPES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16}
+
+
 # Spellings from other tools, for the suggestion only (mmengine rejects them too).
 _DTYPE_ALIASES = {"fp16": "float16", "bf16": "bfloat16", "torch.float16": "float16",
                   "torch.bfloat16": "bfloat16"}  # fmt: skip
+
+
 _SCALER_KEYS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "enabled")
-
-
-class DefaultOptimWrapperConstructor:
-    """mmengine's default constructor, as per-parameter multipliers: ``paramwise_cfg``
-    through :func:`functrain.paramwise_multipliers`.
-
-    A custom constructor (the seed's "optimizer wrapper constructor" for special cases such
-    as BatchNorm weight decay) subclasses this, registers in ``OPTIM_WRAPPER_CONSTRUCTORS``
-    and is named by ``optim_wrapper.constructor``; it returns ``{parameter path:
-    Multiplier(lr_mult, decay_mult)}`` for the trainable parameters it wants to change
-    (the others keep 1, 1).
-
-    Args:
-        optim_wrapper_cfg: the ``optim_wrapper`` dict.
-        paramwise_cfg: its ``paramwise_cfg``.
-
-    Example:
-        >>> @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-        ... class NoDecayOnNorms(DefaultOptimWrapperConstructor):
-        ...     def __call__(self, model):
-        ...         mults = super().__call__(model)
-        ...         for name, module in model.named_modules():
-        ...             if isinstance(module, torch.nn.BatchNorm2d):
-        ...                 for p in ("weight", "bias"):
-        ...                     mults[f"{name}.{p}"] = Multiplier(1.0, 0.0)
-        ...         return mults
-    """
-
-    def __init__(
-        self, optim_wrapper_cfg: Mapping[str, Any], paramwise_cfg: Mapping[str, Any] | None = None
-    ) -> None:
-        self.optim_wrapper_cfg = dict(optim_wrapper_cfg)
-        self.paramwise_cfg = dict(paramwise_cfg or {})
-        self.weight_decay = dict(self.optim_wrapper_cfg.get("optimizer", {})).get("weight_decay")
-
-    def __call__(self, model: nn.Module) -> dict[str, Multiplier]:
-        with warnings.catch_warnings():
-            # Reported below with the key's full path and the model's module names.
-            warnings.filterwarnings("ignore", message="paramwise_cfg.custom_keys: ")
-            mults = paramwise_multipliers(model, self.paramwise_cfg, weight_decay=self.weight_decay)
-        _warn_unmatched_custom_keys(model, self.paramwise_cfg.get("custom_keys") or {})
-        return mults
-
-
-def _warn_unmatched_custom_keys(model: nn.Module, custom_keys: Mapping[str, Any]) -> None:
-    """A ``UserWarning`` for each ``custom_keys`` entry that is a substring of no trainable
-    parameter's name (mmengine ignores such a key silently, so it is not an error)."""
-    fulls = [
-        f"{prefix}.{name}"
-        for prefix, module in model.named_modules()
-        for name, p in module.named_parameters(recurse=False)
-        if p.requires_grad
-    ]
-    modules = [name for name, _ in model.named_modules() if name]
-    for key in custom_keys:
-        if not any(key in full for full in fulls):
-            top = sorted({m.split(".")[0] for m in modules})
-            warnings.warn(
-                f"optim_wrapper.paramwise_cfg.custom_keys.{key}: {key!r} is a substring of no "
-                f"trainable parameter name of {type(model).__name__}, so it changes nothing"
-                f"{suggest(key, modules)} (top-level modules: {', '.join(top) or 'none'}; "
-                "mmengine ignores it silently)",
-                UserWarning,
-                stacklevel=3,
-            )
 
 
 @attrs.frozen
@@ -193,48 +137,6 @@ class OptimizerPlan:
         return text
 
 
-def _check_allowed(path: str, cfg: Mapping[str, Any], allowed: Sequence[str], what: str) -> None:
-    for key in cfg:
-        if key not in allowed:
-            raise ConfigError(
-                f"{path}.{key}",
-                f"unknown key {key!r} for {what}{suggest(key, allowed)} "
-                f"(accepted: {', '.join(allowed)})",
-            )
-
-
-def _number(path: str, value: Any, *, positive: bool = False, integer: bool = False) -> Any:
-    kinds = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an int" if integer else "a number"
-        raise ConfigError(path, f"expected {kind}, got {value!r} ({type(value).__name__})")
-    if positive and not value > 0:
-        hint = " (1 means no accumulation)" if path.endswith("accumulative_counts") else ""
-        raise ConfigError(path, f"must be > 0, got {value!r}{hint}")
-    return value
-
-
-def _check_paramwise_values(path: str, paramwise_cfg: Any) -> None:
-    """Type errors in ``paramwise_cfg`` with their full path (the multiplier builder checks
-    the names and the semantics)."""
-    if not isinstance(paramwise_cfg, Mapping):
-        raise ConfigError(path, f"must be a dict, got {paramwise_cfg!r}")
-    for key, value in paramwise_cfg.items():
-        if key.endswith("_mult"):
-            _number(f"{path}.{key}", value)
-        elif key == "custom_keys":
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{path}.custom_keys", f"must be a dict, got {value!r}")
-            for name, mults in value.items():
-                if not isinstance(mults, Mapping):
-                    raise ConfigError(
-                        f"{path}.custom_keys.{name}",
-                        f"must be a dict like dict(lr_mult=0.1), got {mults!r}",
-                    )
-                for field, mult in mults.items():
-                    _number(f"{path}.custom_keys.{name}.{field}", mult)
-
-
 def _clip_transform(path: str, cfg: Any) -> GradientTransformation:
     if not isinstance(cfg, Mapping):
         raise ConfigError(path, f"must be a dict like dict(max_norm=35, norm_type=2), got {cfg!r}")
@@ -247,17 +149,17 @@ def _clip_transform(path: str, cfg: Any) -> GradientTransformation:
             f"{path}.type", f"unknown clip type {kind!r}{hint} (accepted: 'norm' (the "
             "default, clip_grad_norm_) and 'value' (clip_grad_value_))"
         )  # fmt: skip
-    _check_allowed(path, cfg, _CLIP_KEYS[kind], f"clip_grad type {kind!r}")
+    check_allowed(path, cfg, _CLIP_KEYS[kind], f"clip_grad type {kind!r}")
     if kind == "value":
         if "clip_value" not in cfg:
             raise ConfigError(path, "clip_grad type 'value' needs 'clip_value'")
-        return call(path, "clip_grad", clip_by_value, {"clip_value": _number(
+        return call(path, "clip_grad", clip_by_value, {"clip_value": check_number(
             f"{path}.clip_value", cfg["clip_value"], positive=True)})  # fmt: skip
     if "max_norm" not in cfg:
         raise ConfigError(path, "clip_grad needs 'max_norm' (e.g. dict(max_norm=35, norm_type=2))")
-    kwargs = {"max_norm": _number(f"{path}.max_norm", cfg["max_norm"], positive=True)}
+    kwargs = {"max_norm": check_number(f"{path}.max_norm", cfg["max_norm"], positive=True)}
     if "norm_type" in cfg:
-        kwargs["norm_type"] = _number(f"{path}.norm_type", cfg["norm_type"])
+        kwargs["norm_type"] = check_number(f"{path}.norm_type", cfg["norm_type"])
     if "error_if_nonfinite" in cfg:
         kwargs["error_if_nonfinite"] = bool(cfg["error_if_nonfinite"])
     return call(path, "clip_grad", clip, kwargs)
@@ -266,215 +168,6 @@ def _clip_transform(path: str, cfg: Any) -> GradientTransformation:
 def _defaults(factory: Callable[..., Any]) -> dict[str, Any]:
     params = inspect.signature(factory).parameters.values()
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-
-
-def _item_paths(param_scheduler: Any, n: int) -> list[str]:
-    """The config path of each scheduler item: ``param_scheduler`` for a single dict,
-    ``param_scheduler[i]`` in a list."""
-    if isinstance(param_scheduler, Mapping):
-        return ["param_scheduler"]
-    return [f"param_scheduler[{i}]" for i in range(n)]
-
-
-def _schedule_items(param_scheduler: Any) -> list[Mapping[str, Any]]:
-    if param_scheduler is None:
-        return []
-    items = [param_scheduler] if isinstance(param_scheduler, Mapping) else param_scheduler
-    if not isinstance(items, Sequence) or isinstance(items, str):
-        raise ConfigError("param_scheduler", f"must be a dict or a list of dicts, got {items!r}")
-    paths = _item_paths(param_scheduler, len(items))
-    for item, where in zip(items, paths, strict=True):
-        if not isinstance(item, Mapping):
-            raise ConfigError(where, f"must be a dict, got {item!r}")
-        if "type" not in item:
-            raise ConfigError(where, "needs a 'type' (e.g. 'CosineAnnealingLR')")
-        PARAM_SCHEDULERS.get(item["type"], f"{where}.type")
-    return list(items)
-
-
-_WHERE = re.compile(r"param_scheduler(?:\[(\d+)\])?:\s*")
-_KEY_IN_MESSAGE = (
-    re.compile(r"has no argument '([^']+)'"),
-    re.compile(r"needs the key '([^']+)'"),
-    re.compile(r"`(\w+)`"),
-)
-
-
-def _scheduler_error(where: str, err: BaseException, paths: Sequence[str]) -> ConfigError:
-    """A scheduler builder's ``ValueError`` as a :class:`ConfigError` at the item's key
-    (``param_scheduler[2].T_max``): its ``param_scheduler[i]:`` prefixes (``i`` counts the
-    items given to the builder, ``paths`` holds their paths in the config) become the path,
-    and the key the message names is appended."""
-    text = error_text(err)
-    while match := _WHERE.match(text):
-        if match.group(1) is not None and int(match.group(1)) < len(paths):
-            where = paths[int(match.group(1))]
-        text = text[match.end() :]
-    # "LinearLR: Linear: ..." names the scheduler and then its piece: keep the first.
-    text = re.sub(
-        r"^(\w+): (\w+): ", lambda m: f"{m[1]}: " if m[1].startswith(m[2]) else m[0], text
-    )
-    key = next((m.group(1) for rx in _KEY_IN_MESSAGE if (m := rx.search(text))), None)
-    return ConfigError(f"{where}.{key}" if key and where in paths else where, text)
-
-
-def _build_schedules(
-    items: list[Mapping[str, Any]],
-    bases: Mapping[str, float],
-    *,
-    epoch_length: int | None,
-    max_epochs: int | None,
-    max_iters: int | None,
-    by_epoch_loop: bool,
-    paths: Sequence[str],
-    valid: Mapping[str, tuple[str, Range]] | None = None,
-) -> tuple[dict[str, Any], list[tuple[ReduceOnPlateau, str]]]:
-    """``{hyperparameter: schedule}`` and the plateau items (``paths``: each item's path in
-    the config, for errors). Each schedule in ``valid`` (``{hyperparameter: (optimizer key,
-    valid range)}``) is checked over the whole run (see :func:`_check_schedule_range`)."""
-    builtin = set(_TYPES) | set(_PLATEAU_TYPES)
-    targets: dict[str, list[int]] = {}
-    plateaus = []
-    for i, item in enumerate(items):
-        where = paths[i]
-        if not by_epoch_loop and item.get("by_epoch", True) and item["type"] in _TYPES:
-            raise ConfigError(
-                f"{where}.by_epoch",
-                f"{item['type']} is by_epoch (the default) but train_cfg is iteration-based: "
-                "mmengine would never step it; set by_epoch=False",
-            )
-        if item.get("convert_to_iter_based") and not item.get("by_epoch", True):
-            raise ConfigError(
-                f"{where}.convert_to_iter_based",
-                "only applies to by_epoch=True schedulers (mmengine ignores it otherwise); "
-                "remove it or set by_epoch=True",
-            )
-        if item["type"] in builtin:
-            try:
-                target = mmengine_target(item)
-            except ValueError as err:
-                raise _scheduler_error(where, err, [where]) from err
-        else:
-            target = str(item.get("param_name", "lr"))
-        if item["type"] in _PLATEAU_TYPES:
-            try:
-                plateaus.append((ReduceOnPlateau.from_mmengine(item), target))
-            except (ValueError, TypeError) as err:
-                raise _scheduler_error(where, err, [where]) from err
-            continue
-        targets.setdefault(target, []).append(i)
-    schedules = {}
-    for target, indices in targets.items():
-        if target not in bases:
-            first = items[indices[0]]
-            raise ConfigError(
-                f"{paths[indices[0]]}.{'param_name' if 'param_name' in first else 'type'}",
-                f"schedules {target!r}, which the optimizer does not have"
-                f"{suggest(target, bases)} (schedulable: {', '.join(bases)})",
-            )
-        chosen = [items[i] for i in indices]
-        custom = [i for i in indices if items[i]["type"] not in builtin]
-        if custom:
-            if len(indices) > 1:
-                raise ConfigError(
-                    paths[custom[0]],
-                    f"a custom scheduler ({items[custom[0]]['type']}) must be the only one "
-                    f"driving {target!r}",
-                )
-            item = dict(chosen[0])
-            factory = PARAM_SCHEDULERS.get(item.pop("type"))
-            item.pop("param_name", None)
-            schedules[target] = call(
-                paths[custom[0]], "custom scheduler", factory,
-                {"base": bases[target], **item},
-            )  # fmt: skip
-            continue
-        try:
-            schedules[target] = from_mmengine(
-                chosen,
-                base=bases[target],
-                epoch_length=epoch_length,
-                param=target,
-                max_epochs=max_epochs,
-                max_iters=max_iters,
-            )
-        except (ValueError, TypeError, KeyError) as err:
-            where = paths[indices[0]] if len(indices) == 1 else "param_scheduler"
-            raise _scheduler_error(where, err, [paths[i] for i in indices]) from err
-    horizon = max_iters if max_iters is not None else (
-        max_epochs * epoch_length if max_epochs is not None and epoch_length else None
-    )  # fmt: skip
-    for target, schedule in schedules.items():
-        if valid and target in valid and horizon:
-            window = _Windows(items, paths, targets[target], epoch_length)
-            _check_schedule_range(target, schedule, bases[target], valid[target], horizon, window)
-    return schedules, plateaus
-
-
-@attrs.frozen
-class _Windows:
-    """The scheduler items driving one hyperparameter, to tell which one is in force at an
-    iteration (for the range error)."""
-
-    items: Sequence[Mapping[str, Any]]
-    paths: Sequence[str]
-    indices: Sequence[int]
-    epoch_length: int | None
-
-    def at(self, step: int) -> int:
-        """The index (in ``items``) of the item whose window holds ``step`` (the last one
-        listed when several do), else of the last one that began before it."""
-        began = []
-        for i in self.indices:
-            item = self.items[i]
-            scale = (self.epoch_length or 1) if item.get("by_epoch", True) else 1
-            begin = item.get("begin", 0) * scale
-            end = item.get("end", float("inf")) * scale
-            if begin <= step:
-                began.append((begin <= step < end, begin, i))
-        return max(began)[2] if began else self.indices[0]
-
-
-def _check_schedule_range(
-    target: str, schedule: Any, base: float, valid: tuple[str, Range], horizon: int,
-    windows: _Windows,
-) -> None:  # fmt: skip
-    """:class:`ConfigError` at the scheduler item in force when ``schedule`` first leaves
-    the range the optimizer's own check enforces (``lr >= 0``, ``momentum`` in ``[0, 1]``,
-    ``betas[0]`` in ``[0, 1)``, ...), naming the item, the iteration and the value. The
-    schedule is evaluated once over all ``horizon`` iterations as a 1-d tensor, when the
-    config is built: the optimizer never checks per step."""
-    key, rule = valid
-    found = first_out_of_range(schedule, horizon, rule)
-    if found is None:
-        return
-    step, value = found
-    i = windows.at(step)
-    item = windows.items[i]
-    raise ConfigError(
-        windows.paths[i],
-        f"{item['type']} ({windows.paths[i]}) drives {key} to {value!r} at iteration {step} "
-        f"(optim_wrapper.optimizer.{key} = {base!r}); {rule.describe(key)} at every "
-        "iteration (check its factors, eta_min / end values and the base value)",
-    )
-
-
-def _valid_ranges(given: Mapping[str, Any]) -> dict[str, tuple[str, Range]]:
-    """``{schedulable hyperparameter: (its optimizer key, valid range)}``: the rules the
-    Python factories apply to a number (:mod:`functrain.transforms.validation`); any other
-    numeric hyperparameter must stay finite."""
-    valid = {
-        key: (key, NONNEGATIVE) for key in ("lr", "weight_decay", "eps") if key in given
-    }  # fmt: skip
-    if "momentum" in given:
-        valid["momentum"] = ("momentum", MOMENTUM)
-    elif isinstance(given.get("betas"), tuple):
-        valid["momentum"] = ("betas[0]", UNIT_INTERVAL)
-    finite = Range(-float("inf"), float("inf"))
-    for key, value in given.items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            valid.setdefault(key, (key, finite))
-    return valid
 
 
 def build_optimizer(
@@ -524,7 +217,7 @@ def build_optimizer(
         raise ConfigError(path, f"must be a dict, got {optim_wrapper!r}")
     wrapper = optim_wrapper.get("type", "OptimWrapper")
     OPTIM_WRAPPERS.get(wrapper, f"{path}.type")
-    _check_allowed(path, optim_wrapper, WRAPPER_KEYS[wrapper], wrapper)
+    check_allowed(path, optim_wrapper, WRAPPER_KEYS[wrapper], wrapper)
     if "optimizer" not in optim_wrapper:
         raise ConfigError(
             path,
@@ -577,7 +270,7 @@ def build_optimizer(
     given = {**_defaults(factory), **kwargs}
     for key in ("lr", "momentum", "weight_decay", "eps"):
         if key in kwargs:
-            _number(f"{path}.optimizer.{key}", kwargs[key])
+            check_number(f"{path}.optimizer.{key}", kwargs[key])
 
     bases = {k: given[k] for k in ("lr", "weight_decay") if isinstance(given.get(k), int | float)}
     if isinstance(given.get("momentum"), int | float):
@@ -589,18 +282,18 @@ def build_optimizer(
             bases.setdefault(key, value)
 
     what = f"optimizer {opt_cfg['type']}"
-    items = _schedule_items(param_scheduler)
+    items = schedule_items(param_scheduler)
     if items:
         # A scheduled hyperparameter reaches the factory as a schedule, which its number
         # checks (lr >= 0, momentum in [0, 1], ...) do not see: run them on the configured
         # numbers first, with the Python API's own messages.
         call(f"{path}.optimizer", what, factory, kwargs)
-    schedules, plateaus = _build_schedules(
+    schedules, plateaus = build_schedules(
         items, bases, epoch_length=epoch_length, max_epochs=max_epochs, max_iters=max_iters,
-        by_epoch_loop=by_epoch_loop, paths=_item_paths(param_scheduler, len(items)),
-        valid=_valid_ranges(given),
+        by_epoch_loop=by_epoch_loop, paths=item_paths(param_scheduler, len(items)),
+        valid=valid_ranges(given),
     )  # fmt: skip
-    n = _number(
+    n = check_number(
         f"{path}.accumulative_counts", optim_wrapper.get("accumulative_counts", 1),
         positive=True, integer=True,
     )  # fmt: skip
@@ -615,7 +308,7 @@ def build_optimizer(
 
     paramwise_cfg = optim_wrapper.get("paramwise_cfg")
     if paramwise_cfg is not None:
-        _check_paramwise_values(f"{path}.paramwise_cfg", paramwise_cfg)
+        check_paramwise_values(f"{path}.paramwise_cfg", paramwise_cfg)
     ctor_cfg = optim_wrapper.get("constructor", "DefaultOptimWrapperConstructor")
     ctor_cls = OPTIM_WRAPPER_CONSTRUCTORS.get(ctor_cfg, f"{path}.constructor")
     constructor = call(
@@ -629,7 +322,7 @@ def build_optimizer(
         }
     except (ValueError, TypeError, KeyError) as err:
         default = ctor_cfg == "DefaultOptimWrapperConstructor"
-        raise _paramwise_error(path, err, default=default) from err
+        raise paramwise_error(path, err, default=default) from err
     members = []
     if data_parallel and not sharded:
         from functrain.distributed.data_parallel import average_gradients
@@ -681,24 +374,6 @@ def build_optimizer(
     )
 
 
-def _paramwise_error(path: str, err: BaseException, *, default: bool) -> ConfigError:
-    """The multiplier builder's error at its key: ``paramwise_cfg.custom_keys.backbone.
-    decay_mult needs ...`` -> path ``optim_wrapper.paramwise_cfg.custom_keys.backbone.
-    decay_mult``; ``paramwise_cfg: unknown key 'x'`` -> ``optim_wrapper.paramwise_cfg.x``.
-    Other messages stay at ``paramwise_cfg`` (``constructor`` for a custom constructor)."""
-    text = error_text(err)
-    match = re.match(r"paramwise_cfg((?:\.\S+?)*)(?::\s+|\s+(?=\w))", text)
-    if match is None:
-        return ConfigError(f"{path}.{'paramwise_cfg' if default else 'constructor'}", text)
-    sub, text = match.group(1), text[match.end() :]
-    unknown = re.match(r"unknown key '([^']+)'", text)
-    if not sub and unknown:
-        sub = f".{unknown.group(1)}"
-    if "weight_decay" in text and "needs" in text:
-        text += "; give the optimizer a weight_decay (e.g. optimizer=dict(..., weight_decay=1e-4))"
-    return ConfigError(f"{path}.paramwise_cfg{sub}", text)
-
-
 def _scaler_kwargs(path: str, optim_wrapper: Mapping[str, Any]) -> dict[str, Any]:
     """AmpOptimWrapper's ``loss_scale``: ``'dynamic'`` (GradScaler's defaults), a number (a
     static scale) or a dict of GradScaler arguments."""
@@ -706,37 +381,16 @@ def _scaler_kwargs(path: str, optim_wrapper: Mapping[str, Any]) -> dict[str, Any
     if loss_scale == "dynamic":
         return {}
     if isinstance(loss_scale, int | float) and not isinstance(loss_scale, bool):
-        return {"init_scale": float(_number(path, loss_scale, positive=True)), "dynamic": False}
+        return {
+            "init_scale": float(check_number(path, loss_scale, positive=True)),
+            "dynamic": False,
+        }
     if isinstance(loss_scale, Mapping):
-        _check_allowed(path, loss_scale, _SCALER_KEYS, "loss_scale (GradScaler arguments)")
+        check_allowed(path, loss_scale, _SCALER_KEYS, "loss_scale (GradScaler arguments)")
         kwargs = dict(loss_scale)
         if not kwargs.pop("enabled", True):
             raise ConfigError(f"{path}.enabled", "use OptimWrapper instead of a disabled scaler")
         return kwargs
     raise ConfigError(
         path, f"must be 'dynamic', a number or a dict of GradScaler arguments, got {loss_scale!r}"
-    )
-
-
-def ema_hook(
-    ema_type: str = "ExponentialMovingAverage",
-    strict_load: bool = True,
-    begin_iter: int = 0,
-    begin_epoch: int = 0,
-    momentum: float = 0.0002,
-    interval: int = 1,
-    update_buffers: bool = False,
-) -> Any:
-    """mmengine's ``EMAHook`` config -> :class:`functrain.callbacks.EMA` (only the
-    ``ExponentialMovingAverage`` strategy)."""
-    from functrain.callbacks import EMA
-
-    if ema_type != "ExponentialMovingAverage":
-        raise ValueError(f"ema_type {ema_type!r} is not supported; only 'ExponentialMovingAverage'")
-    return EMA(
-        momentum=momentum,
-        interval=interval,
-        begin_iter=begin_iter,
-        begin_epoch=begin_epoch,
-        update_buffers=update_buffers,
     )

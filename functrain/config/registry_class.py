@@ -21,36 +21,24 @@ the config (``optim_wrapper.optimizer.lr``). All of them are :class:`ConfigError
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "Lazy", "Registry", "suggest"]
+from functrain.config.errors import ConfigError, error_text, named_key, suggest
+
+__all__ = [
+    "Lazy",
+    "Registry",
+    "accepted_keys",
+    "call",
+    "check_kwargs",
+    "missing_required",
+    "numeric_defaults",
+]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be built. ``path`` is the offending key path (``a.b.c``);
-    ``str(err)`` is ``"<path>: <reason>"`` on one line (the command line prints it as is)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        message = " ".join(str(message).split())  # one line, whatever the source said
-        self.reason = message
-        super().__init__(f"{path}: {message}" if path else message)
-
-
-def suggest(word: str, candidates: Any, cutoff: float = 0.6) -> str:
-    """``"; did you mean 'x'?"`` for the closest candidates (case-insensitive match first),
-    or ``""``."""
-    names = [str(c) for c in candidates]
-    same = [c for c in names if c.lower() == str(word).lower()]
-    close = same or difflib.get_close_matches(str(word), names, n=3, cutoff=cutoff)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def accepted_keys(factory: Callable[..., Any]) -> list[str] | None:
@@ -64,7 +52,7 @@ def accepted_keys(factory: Callable[..., Any]) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def _numeric_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
+def numeric_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
@@ -90,7 +78,7 @@ def check_kwargs(
                     f"unknown key {key!r} for {what}{suggest(key, accepted)} "
                     f"(accepted: {', '.join(accepted) or 'none'})",
                 )
-    for key, default in _numeric_defaults(factory).items():
+    for key, default in numeric_defaults(factory).items():
         if isinstance(kwargs.get(key), str):
             raise ConfigError(
                 f"{path}.{key}" if path else key,
@@ -229,13 +217,6 @@ def missing_required(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> 
     ]
 
 
-def error_text(err: BaseException) -> str:
-    """An exception's message on one line (a ``KeyError``'s without the quotes ``str``
-    adds)."""
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(str(text).split())
-
-
 def call(path: str, what: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
     """``factory(**kwargs)`` with its ``ValueError`` / ``TypeError`` re-raised as
     :class:`ConfigError` at ``path``; a missing required argument is one at
@@ -255,11 +236,3 @@ def call(path: str, what: str, factory: Callable[..., Any], kwargs: Mapping[str,
         key = named_key(text, kwargs)
         where = f"{path}.{key}" if key and path else key or path
         raise ConfigError(where, f"{what}: {text}") from err
-
-
-def named_key(text: str, keys: Iterable[str]) -> str | None:
-    """The key of ``keys`` an error message is about: ``"Invalid lr: ..."``, ``"momentum
-    must be ..."``, ``"`T_max` must ..."``, ``"max_epochs must be ..."``; ``None`` when it
-    names none at its start."""
-    match = re.match(r"(?:Invalid |`)?(\w+)`?(?:\[\d+\])?(?::| must| should| needs)", text)
-    return match.group(1) if match and match.group(1) in set(keys) else None
