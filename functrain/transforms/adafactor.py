@@ -198,34 +198,32 @@ def scale_by_factored_rms(
                     row_means.append(sq.mean(dim=-1, keepdim=True))
                     col_means.append(sq.mean(dim=-2, keepdim=True))
                     del sq
-                r = _lerp([rows[i] for i in fac], row_means, w, donate)
-                c = _lerp([cols[i] for i in fac], col_means, w, donate)
+                r = fe.lerp([rows[i] for i in fac], row_means, w, donate)
+                c = fe.lerp([cols[i] for i in fac], col_means, w, donate)
                 # torch's row_var @ col_var has an inner dim of 1: each entry is one product,
                 # so broadcasting gives the same bits without a batched matmul.
                 est = [ri * ci for ri, ci in zip(r, c, strict=True)]
-                row_var_means = torch._foreach_clamp_min(
-                    [ri.mean(dim=-2, keepdim=True) for ri in r], eps1
-                )
-                est = fe.div(est, list(row_var_means), donate)
+                row_var_means = fe.clamp_min([ri.mean(dim=-2, keepdim=True) for ri in r], eps1)
+                est = fe.div(est, row_var_means, donate)
                 for j, i in enumerate(fac):
                     new_rows[i], new_cols[i], estimates[i] = r[j], c[j], est[j]
             if vec:
                 gv = [g[i] for i in vec]
-                v = _lerp([variances[i] for i in vec], fe.mul(gv, gv, False), w, donate)
+                v = fe.lerp([variances[i] for i in vec], fe.mul(gv, gv, False), w, donate)
                 for j, i in enumerate(vec):
                     new_vars[i], estimates[i] = v[j], v[j]
             # eps1 is squared because the root is taken next (torch's comment).
             u = estimates
             if fac:
-                est = _clamp_min([u[i] for i in fac], eps1 * eps1, donate)
+                est = fe.clamp_min([u[i] for i in fac], eps1 * eps1, donate)
                 for j, i in enumerate(fac):
                     u[i] = est[j]
             if vec:
                 # Never in place: these estimates are the state's variances.
-                est = _clamp_min([u[i] for i in vec], eps1 * eps1, False)
+                est = fe.clamp_min([u[i] for i in vec], eps1 * eps1, False)
                 for j, i in enumerate(vec):
                     u[i] = est[j]
-            u = _rsqrt(u, donate)
+            u = fe.rsqrt(u, donate)
             u = fe.mul(u, g, donate)
             denom = torch.clamp_min(fe.leaf_norms(u) / (sqrt_numels(u) * d), 1.0)
             u = fe.div(u, fe.per_leaf(denom, u), donate)
@@ -240,29 +238,6 @@ def scale_by_factored_rms(
     return from_flat(FlatTransform(init, update, name=name))
 
 
-def _lerp(xs: list[Tensor], ys: list[Tensor], weight: Tensor, inplace: bool) -> list[Tensor]:
-    # A 0-d tensor weight in the leaves' dtype rounds like torch's Python-float weight.
-    weights = [weight] * len(xs)
-    if inplace:
-        torch._foreach_lerp_(xs, ys, weights)
-        return xs
-    return list(torch._foreach_lerp(xs, ys, weights))
-
-
-def _clamp_min(xs: list[Tensor], value: float, inplace: bool) -> list[Tensor]:
-    if inplace:
-        torch._foreach_clamp_min_(xs, value)
-        return xs
-    return list(torch._foreach_clamp_min(xs, value))
-
-
-def _rsqrt(xs: list[Tensor], inplace: bool) -> list[Tensor]:
-    if inplace:
-        torch._foreach_rsqrt_(xs)
-        return xs
-    return list(torch._foreach_rsqrt(xs))
-
-
 # --- scale_by_relative_step --------------------------------------------------------------
 
 
@@ -274,11 +249,6 @@ def _lr_state(learning_rate: float | Schedule, params: list[Tensor]) -> Learning
 
 def _lr_at(learning_rate: float | Schedule, state: LearningRateState) -> Tensor:
     return state.lr if not is_schedule(learning_rate) else value_at(learning_rate, state.count)
-
-
-def _require_params(name: str, params: list[Tensor] | None) -> None:
-    if params is None:
-        raise ValueError(f"{name} needs the parameters: call update(updates, state, params)")
 
 
 def scale_by_relative_step(
@@ -318,7 +288,7 @@ def scale_by_relative_step(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], LearningRateState]:
-        _require_params("scale_by_relative_step", params)
+        parts.require_params("scale_by_relative_step", params)
         lr = _lr_at(learning_rate, state)
         t = (state.count + 1).to(torch.float64)
         # torch: rho_t = min(lr, 1 / (step ** 0.5)), in double.
@@ -405,7 +375,7 @@ def add_decoupled_decay(
         new_state = DecoupledDecayState(state.count + 1, lr, wd)
         if not is_schedule(weight_decay) and weight_decay == 0.0:
             return updates, new_state
-        _require_params("add_decoupled_decay", params)
+        parts.require_params("add_decoupled_decay", params)
 
         def group(g: int, u: list[Tensor], p: list[Tensor]) -> list[Tensor]:
             # torch multiplies by (1 - lr * wd) rounded to the parameter's dtype; the exact

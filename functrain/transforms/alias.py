@@ -12,7 +12,7 @@ direction: ``chain(add_decayed_weights(wd), direction, ...)``, with ``maximize``
 gradient first (:func:`_l2_chain`). Decoupled decay (AdamW, NAdamW, RAdam's
 ``decoupled_weight_decay``, Lion) follows the direction, inside the learning rate:
 ``chain(direction, add_decayed_weights(wd), scale_by_learning_rate(lr))``, which is torch's
-``p *= 1 - lr * wd`` before the step (:func:`_decoupled_chain`).
+``p *= 1 - lr * wd`` before the step (:func:`_with_decay`).
 """
 
 from __future__ import annotations
@@ -91,11 +91,21 @@ def _l2_chain(
     )
 
 
-def _decoupled_chain(
-    direction: GradientTransformation, weight_decay: float | Schedule, lr: float | Schedule
+def _with_decay(
+    direction: Callable[[bool], GradientTransformation],
+    lr: float | Schedule,
+    weight_decay: float | Schedule,
+    maximize: bool,
+    *,
+    decoupled: bool = False,
 ) -> GradientTransformation:
-    """Decoupled decay: ``p <- p - lr * (direction + weight_decay * p)``."""
-    return chain(direction, add_decayed_weights(weight_decay), scale_by_learning_rate(lr))
+    """``direction`` with torch's weight decay and the learning rate: L2 (:func:`_l2_chain`),
+    or ``decoupled``: ``p <- p - lr * (direction + weight_decay * p)``."""
+    if decoupled:
+        return chain(
+            direction(maximize), add_decayed_weights(weight_decay), scale_by_learning_rate(lr)
+        )
+    return _l2_chain(direction, weight_decay, maximize, scale_by_learning_rate(lr))
 
 
 def sgd(
@@ -163,13 +173,13 @@ def adam(
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     if decoupled_weight_decay:
         return adamw(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, mu_dtype=mu_dtype)
-    return _l2_chain(
+    return _with_decay(
         lambda ascend: scale_by_adam(
             b1, b2, eps, amsgrad=amsgrad, maximize=ascend, mu_dtype=mu_dtype
         ),
+        lr,
         weight_decay,
         maximize,
-        scale_by_learning_rate(lr),
     )
 
 
@@ -241,11 +251,11 @@ def adagrad(
     check_nonnegative("initial_accumulator_value", initial_accumulator_value)
     check_nonnegative("eps", eps)
     learning_rate = lr if lr_decay == 0 else AdagradLearningRate(lr, lr_decay)
-    return _l2_chain(
+    return _with_decay(
         lambda ascend: scale_by_adagrad(eps, initial_accumulator_value, maximize=ascend),
+        learning_rate,
         weight_decay,
         maximize,
-        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -279,11 +289,8 @@ def adadelta(
     rho = check_rho(rho)
     check_nonnegative("eps", eps)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    return _l2_chain(
-        lambda ascend: scale_by_adadelta(rho, eps, maximize=ascend),
-        weight_decay,
-        maximize,
-        scale_by_learning_rate(lr),
+    return _with_decay(
+        lambda ascend: scale_by_adadelta(rho, eps, maximize=ascend), lr, weight_decay, maximize
     )
 
 
@@ -315,11 +322,8 @@ def adamax(
     check_nonnegative("lr", lr, allow_schedule=True)
     b1, b2 = check_betas(betas)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    return _l2_chain(
-        lambda ascend: scale_by_adamax(b1, b2, eps, maximize=ascend),
-        weight_decay,
-        maximize,
-        scale_by_learning_rate(lr),
+    return _with_decay(
+        lambda ascend: scale_by_adamax(b1, b2, eps, maximize=ascend), lr, weight_decay, maximize
     )
 
 
@@ -400,13 +404,13 @@ def nadam(
     check_nonnegative("lr", lr, allow_schedule=True)
     b1, b2 = check_betas(betas)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-
-    def direction(ascend: bool) -> GradientTransformation:
-        return scale_by_nadam(b1, b2, eps, momentum_decay, maximize=ascend)
-
-    if decoupled_weight_decay:
-        return _decoupled_chain(direction(maximize), weight_decay, lr)
-    return _l2_chain(direction, weight_decay, maximize, scale_by_learning_rate(lr))
+    return _with_decay(
+        lambda ascend: scale_by_nadam(b1, b2, eps, momentum_decay, maximize=ascend),
+        lr,
+        weight_decay,
+        maximize,
+        decoupled=decoupled_weight_decay,
+    )
 
 
 def radam(
@@ -443,13 +447,13 @@ def radam(
     check_nonnegative("lr", lr, allow_schedule=True)
     b1, b2 = check_betas(betas)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-
-    def direction(ascend: bool) -> GradientTransformation:
-        return scale_by_radam(b1, b2, eps, maximize=ascend)
-
-    if decoupled_weight_decay:
-        return _decoupled_chain(direction(maximize), weight_decay, lr)
-    return _l2_chain(direction, weight_decay, maximize, scale_by_learning_rate(lr))
+    return _with_decay(
+        lambda ascend: scale_by_radam(b1, b2, eps, maximize=ascend),
+        lr,
+        weight_decay,
+        maximize,
+        decoupled=decoupled_weight_decay,
+    )
 
 
 def rmsprop(
@@ -670,4 +674,10 @@ def lion(
     check_nonnegative("lr", lr, allow_schedule=True)
     b1, b2 = check_betas(betas)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    return _decoupled_chain(scale_by_lion(b1, b2, maximize=maximize), weight_decay, lr)
+    return _with_decay(
+        lambda ascend: scale_by_lion(b1, b2, maximize=ascend),
+        lr,
+        weight_decay,
+        maximize,
+        decoupled=True,
+    )

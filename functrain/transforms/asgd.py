@@ -141,10 +141,7 @@ def scale_by_asgd(
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByAsgdState]:
         check_state_paths("scale_by_asgd", state.paths, info)
-        if params is None:
-            raise ValueError(
-                "scale_by_asgd needs the parameters: call update(updates, state, params)"
-            )
+        params = parts.require_params("scale_by_asgd", params)
         donate = info.donate
         eta = state.eta.to(torch.float64)
         decay = 1 - lambd * eta

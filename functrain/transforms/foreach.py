@@ -13,6 +13,7 @@ overloads have no working backward).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,24 +36,27 @@ def _scalar_arg(xs: Sequence[Tensor], y: Scalar) -> Scalar | list[Tensor]:
     return y
 
 
+def _op(name: str, xs: list[Tensor], *args: Any, inplace: bool, **kwargs: Any) -> list[Tensor]:
+    """``torch._foreach_<name>_`` on ``xs`` (returned) when in place, else the new tensors of
+    ``torch._foreach_<name>``: the same kernel either way."""
+    if inplace:
+        getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
+        return xs
+    return list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
+
+
 def mul(xs: list[Tensor], y: Scalar | list[Tensor], inplace: bool) -> list[Tensor]:
     """``xs * y`` for a float, 0-d tensor or list ``y`` (one tensor per leaf)."""
     if not isinstance(y, list):
         y = _scalar_arg(xs, y)
-    if inplace:
-        torch._foreach_mul_(xs, y)
-        return xs
-    return list(torch._foreach_mul(xs, y))
+    return _op("mul", xs, y, inplace=inplace)
 
 
 def div(xs: list[Tensor], y: Scalar | list[Tensor], inplace: bool) -> list[Tensor]:
     """``xs / y`` for a float, 0-d tensor or list ``y``."""
     if not isinstance(y, list):
         y = _scalar_arg(xs, y)
-    if inplace:
-        torch._foreach_div_(xs, y)
-        return xs
-    return list(torch._foreach_div(xs, y))
+    return _op("div", xs, y, inplace=inplace)
 
 
 def add(
@@ -60,88 +64,70 @@ def add(
 ) -> list[Tensor]:
     """``xs + alpha * ys`` (``ys`` a list), or ``xs + ys`` for a float ``ys``."""
     if isinstance(ys, list):
-        if inplace:
-            torch._foreach_add_(xs, ys, alpha=alpha)
-            return xs
-        return list(torch._foreach_add(xs, ys, alpha=alpha))
-    if inplace:
-        torch._foreach_add_(xs, ys)
-        return xs
-    return list(torch._foreach_add(xs, ys))
+        return _op("add", xs, ys, alpha=alpha, inplace=inplace)
+    return _op("add", xs, ys, inplace=inplace)
 
 
-def lerp(xs: list[Tensor], ys: list[Tensor], weight: float, inplace: bool) -> list[Tensor]:
-    """``xs + weight * (ys - xs)``."""
-    if inplace:
-        torch._foreach_lerp_(xs, ys, weight)
-        return xs
-    return list(torch._foreach_lerp(xs, ys, weight))
+def lerp(xs: list[Tensor], ys: list[Tensor], weight: float | Tensor, inplace: bool) -> list[Tensor]:
+    """``xs + weight * (ys - xs)``. A 0-d tensor weight is cast to the leaves' dtype (so it
+    rounds as torch's Python-float weight does) and passed as a list."""
+    arg: float | list[Tensor] = weight
+    if isinstance(weight, Tensor):
+        arg = [weight.to(xs[0].dtype)] * len(xs)
+    return _op("lerp", xs, ys, arg, inplace=inplace)
 
 
 def addcmul(
     xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: float, inplace: bool
 ) -> list[Tensor]:
     """``xs + value * a * b``."""
-    if inplace:
-        torch._foreach_addcmul_(xs, a, b, value)
-        return xs
-    return list(torch._foreach_addcmul(xs, a, b, value))
+    return _op("addcmul", xs, a, b, value, inplace=inplace)
 
 
 def maximum(xs: list[Tensor], ys: list[Tensor], inplace: bool) -> list[Tensor]:
     """Elementwise ``max(xs, ys)``."""
-    if inplace:
-        torch._foreach_maximum_(xs, ys)
-        return xs
-    return list(torch._foreach_maximum(xs, ys))
+    return _op("maximum", xs, ys, inplace=inplace)
 
 
 def sqrt(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:
     """In place only on a buffer autograd has not saved (the donating path)."""
-    if inplace:
-        torch._foreach_sqrt_(xs)
-        return xs
-    return list(torch._foreach_sqrt(xs))
+    return _op("sqrt", xs, inplace=inplace)
 
 
 def neg(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:
-    if inplace:
-        torch._foreach_neg_(xs)
-        return xs
-    return list(torch._foreach_neg(xs))
+    """Elementwise ``-xs``."""
+    return _op("neg", xs, inplace=inplace)
 
 
 def abs(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:  # noqa: A001 - foreach's name
-    if inplace:
-        torch._foreach_abs_(xs)
-        return xs
-    return list(torch._foreach_abs(xs))
+    """Elementwise ``|xs|``."""
+    return _op("abs", xs, inplace=inplace)
+
+
+def rsqrt(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:
+    """Elementwise ``1 / sqrt(xs)``."""
+    return _op("rsqrt", xs, inplace=inplace)
+
+
+def clamp_min(xs: list[Tensor], value: float, inplace: bool = False) -> list[Tensor]:
+    """Elementwise ``max(xs, value)``."""
+    return _op("clamp_min", xs, value, inplace=inplace)
 
 
 def sub(xs: list[Tensor], ys: list[Tensor], inplace: bool = False) -> list[Tensor]:
     """Elementwise ``xs - ys``."""
-    if inplace:
-        torch._foreach_sub_(xs, ys)
-        return xs
-    return list(torch._foreach_sub(xs, ys))
+    return _op("sub", xs, ys, inplace=inplace)
 
 
 def sign(xs: list[Tensor], inplace: bool = False) -> list[Tensor]:
     """Elementwise sign (-1, 0 or 1)."""
-    if inplace:
-        torch._foreach_sign_(xs)
-        return xs
-    return list(torch._foreach_sign(xs))
+    return _op("sign", xs, inplace=inplace)
 
 
 def add_scalar(xs: list[Tensor], y: Tensor, inplace: bool) -> list[Tensor]:
     """``xs + y`` for a 0-d tensor ``y``, cast to the leaves' dtype (as :func:`mul` does, so
     that both paths round alike) and passed as a list where autograd may watch."""
-    arg = _scalar_arg(xs, y)
-    if inplace:
-        torch._foreach_add_(xs, arg)
-        return xs
-    return list(torch._foreach_add(xs, arg))
+    return _op("add", xs, _scalar_arg(xs, y), inplace=inplace)
 
 
 def addcmul_scalar(xs: list[Tensor], a: list[Tensor], b: Tensor, inplace: bool) -> list[Tensor]:
@@ -149,10 +135,7 @@ def addcmul_scalar(xs: list[Tensor], a: list[Tensor], b: Tensor, inplace: bool) 
     addcmul, and autograd needs the list form anyway)."""
     b = b.to(device=xs[0].device, dtype=xs[0].dtype)
     bs = [b] * len(xs)
-    if inplace:
-        torch._foreach_addcmul_(xs, a, bs)
-        return xs
-    return list(torch._foreach_addcmul(xs, a, bs))
+    return _op("addcmul", xs, a, bs, inplace=inplace)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,10 +170,7 @@ def addcdiv_scaled(
     host = host_scalar(scalar)
     if host is None:
         return add(p, mul(div(a, b, False), scalar, False), inplace)
-    if inplace:
-        torch._foreach_addcdiv_(p, a, b, value=host)
-        return p
-    return list(torch._foreach_addcdiv(p, a, b, value=host))
+    return _op("addcdiv", p, a, b, value=host, inplace=inplace)
 
 
 def addcmul_scaled(

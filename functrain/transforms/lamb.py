@@ -75,10 +75,7 @@ def scale_by_trust_ratio(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], EmptyState]:
-        if params is None:
-            raise ValueError(
-                "scale_by_trust_ratio needs the parameters: call update(updates, state, params)"
-            )
+        params = parts.require_params("scale_by_trust_ratio", params)
 
         def group(u: list[Tensor], p: list[Tensor]) -> list[Tensor]:
             param_norm = torch.clamp_min(fe.leaf_norms(p), min_norm)

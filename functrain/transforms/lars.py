@@ -68,10 +68,7 @@ def scale_by_lars(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], EmptyState]:
-        if params is None:
-            raise ValueError(
-                "scale_by_lars needs the parameters: call update(updates, state, params)"
-            )
+        params = parts.require_params("scale_by_lars", params)
 
         def group(index: int, g: list[Tensor], p: list[Tensor]) -> list[Tensor]:
             # mask_multipliers' decay_mult scales this group's weight decay.

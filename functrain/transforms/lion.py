@@ -89,7 +89,7 @@ def scale_by_lion(
             if maximize:
                 g = fe.neg(g)
             c = fe.lerp(m, g, 1 - b1, False)
-            direction = _sign(c, donate)
+            direction = fe.sign(c, donate)
             m = fe.lerp(m, g, 1 - b2, donate)
             return direction, m
 
@@ -98,13 +98,6 @@ def scale_by_lion(
 
     name = f"scale_by_lion(b1={b1:g}, b2={b2:g}, maximize={maximize})"
     return from_flat(FlatTransform(init, update, name=name))
-
-
-def _sign(xs: list[Tensor], inplace: bool) -> list[Tensor]:
-    if inplace:
-        torch._foreach_sign_(xs)
-        return xs
-    return list(torch._foreach_sign(xs))
 
 
 # The alias (its chain(...)) lives in alias.py, which imports this module.

@@ -1,20 +1,22 @@
-"""Parts the torch.optim ports share: state as torch creates it, hyperparameter values, and the
-gradient prologue of their one-pass step.
+"""Parts the optimizer modules share: state as torch.optim creates it, hyperparameter values,
+argument checks, the alias re-export, and the gradient prologue of the torch ports' one-pass
+step.
 
-The ports (:mod:`~functrain.transforms.adamax`, :mod:`~functrain.transforms.adadelta`,
-:mod:`~functrain.transforms.adagrad`, :mod:`~functrain.transforms.rmsprop`,
+The torch.optim ports (:mod:`~functrain.transforms.adamax`,
+:mod:`~functrain.transforms.adadelta`, :mod:`~functrain.transforms.rmsprop`,
 :mod:`~functrain.transforms.rprop`, :mod:`~functrain.transforms.asgd`,
 :mod:`~functrain.transforms.nadam`, :mod:`~functrain.transforms.radam`) each write their
-algorithm once, over lists, with :mod:`functrain.transforms.foreach`'s ``inplace`` flag. They
+algorithm once, over lists, with :mod:`functrain.transforms.foreach`'s ``inplace`` flag, and
 run it two ways:
 
 - ``update`` (any chain): the algorithm returns a direction; ``scale_by_learning_rate`` and
   ``apply_updates`` follow.
-- the one-pass step that :func:`functrain.apply_gradients` runs (a
-  :class:`~functrain.transforms.kernel_specs.Kernel` descriptor): :func:`prepare_grads` folds
-  the clip, ``maximize`` and the weight decay in torch's order, the same algorithm runs, and
-  one ``addcdiv`` / ``addcmul`` / ``add`` with the step size writes into the parameters, as
-  torch.optim's single-tensor code does (so that path is bitwise torch's foreach=False result).
+- the one-pass step :func:`functrain.apply_gradients` runs (a
+  :class:`~functrain.transforms.kernel_specs.Kernel` descriptor, see :func:`one_pass`):
+  :func:`prepare_grads` folds the clip, ``maximize`` and the weight decay in torch's order,
+  the same algorithm runs, and one ``addcdiv`` / ``addcmul`` / ``add`` with the step size
+  writes into the parameters as torch.optim's single-tensor code does, so that path is
+  bitwise torch's ``foreach=False`` result. (Adagrad's is torch's own fused kernel.)
 
 Both ways write into their inputs when ``info.donate`` and allocate otherwise; the in-place
 and out-of-place forms of each op give bitwise the same values.
@@ -41,6 +43,7 @@ __all__ = [
     "name_of",
     "one_pass",
     "reexport_alias",
+    "require_params",
     "prepare_grads",
     "step_counter",
     "zeros",
@@ -66,6 +69,13 @@ def reexport_alias(module: str, *names: str) -> Callable[[str], Any]:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def require_params(name: str, params: list[Tensor] | None) -> list[Tensor]:
+    """``params``, or a ``ValueError`` saying that transform ``name`` needs them."""
+    if params is None:
+        raise ValueError(f"{name} needs the parameters: call update(updates, state, params)")
+    return params
 
 
 def device_of(params: Sequence[Tensor]) -> torch.device:
