@@ -33,10 +33,20 @@ from functrain.transforms.adam import scale_by_adam, scale_by_adamw
 from functrain.transforms.adamax import scale_by_adamax
 from functrain.transforms.asgd import scale_by_asgd
 from functrain.transforms.base import GradientTransformation, chain
+from functrain.transforms.combinators import partition
 from functrain.transforms.lamb import scale_by_trust_ratio
 from functrain.transforms.lars import scale_by_lars
 from functrain.transforms.lion import scale_by_lion
 from functrain.transforms.momentum import trace
+from functrain.transforms.muon import (
+    EPS,
+    NS_COEFFICIENTS,
+    NS_STEPS,
+    AdjustLr,
+    Mask,
+    is_matrix,
+    scale_by_muon,
+)
 from functrain.transforms.nadam import scale_by_nadam
 from functrain.transforms.radam import scale_by_radam
 from functrain.transforms.rmsprop import scale_by_rms
@@ -60,6 +70,7 @@ __all__ = [
     "lamb",
     "lars",
     "lion",
+    "muon",
     "nadam",
     "radam",
     "rmsprop",
@@ -680,4 +691,63 @@ def lion(
         weight_decay,
         maximize,
         decoupled=True,
+    )
+
+
+def muon(
+    lr: float | Schedule = 1e-3,
+    weight_decay: float | Schedule = 0.1,
+    momentum: float | Schedule = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    eps: float = EPS,
+    ns_steps: int = NS_STEPS,
+    adjust_lr_fn: AdjustLr = None,
+    *,
+    fallback: GradientTransformation | None = None,
+    mask: Mask | None = None,
+    ns_dtype: torch.dtype = torch.bfloat16,
+) -> GradientTransformation:
+    """Muon, as ``torch.optim.Muon``, with an optional fallback for the other leaves.
+
+    ``chain(scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps,
+    adjust_lr_fn), scale_by_learning_rate(lr), add_decoupled_decay(lr, weight_decay))``:
+    ``param <- param * (1 - lr*wd) - lr * ratio(shape) * NS(momentum(G))``.
+
+    Without ``fallback`` every leaf must be 2-d, as in torch. With ``fallback`` it is
+    ``partition({"muon": <the chain above>, "fallback": fallback}, labels)``, the leaves
+    ``mask(path, param)`` selects (default: the 2-d ones) labelled ``"muon"``: those get
+    Muon, all others ``fallback`` (torch's docs recommend AdamW for biases, norms,
+    embeddings and the like). The state is then a
+    :class:`~functrain.transforms.combinators.PartitionState`; its ``inner_states["muon"]``
+    is the chain's state.
+
+    Args:
+        lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+        adjust_lr_fn: as ``torch.optim.Muon`` (``lr``, ``weight_decay`` and ``momentum``
+            may be schedules of the step).
+        fallback: the transform for the leaves Muon does not take.
+        mask: ``(path, param) -> bool`` choosing Muon's leaves (each must be 2-d).
+        ns_dtype: dtype of the Newton-Schulz iteration (torch's bfloat16 by default).
+
+    Example:
+        >>> tx = muon(lr=0.02, fallback=adamw(lr=3e-4, weight_decay=0.01))
+    """
+    check_nonnegative("lr", lr, allow_schedule=True)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    core = chain(
+        scale_by_muon(
+            momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype=ns_dtype
+        ),
+        scale_by_learning_rate(lr),
+        add_decoupled_decay(lr, weight_decay),
+    )
+    if fallback is None:
+        if mask is not None:
+            raise ValueError("mask selects Muon's leaves among others: it needs a fallback=")
+        return core
+    select = mask or is_matrix
+    return partition(
+        {"muon": core, "fallback": fallback},
+        lambda path, leaf: "muon" if select(path, leaf) else "fallback",
     )

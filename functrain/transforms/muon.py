@@ -15,7 +15,8 @@ weight_decay))``.
 torch rejects parameters that are not 2-d and tells users to give them to another optimizer
 (AdamW, say). :func:`muon` does the same unless given ``fallback=``: then the leaves Muon
 takes (2-d ones by default, or those a ``mask`` selects) go to Muon and every other leaf to
-``fallback``, through :func:`~functrain.transforms.combinators.partition`.
+``fallback``, through :func:`~functrain.transforms.combinators.partition`. That composition
+(``muon``) is in :mod:`functrain.transforms.alias`.
 """
 
 from __future__ import annotations
@@ -27,23 +28,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from functrain.transforms.adafactor import add_decoupled_decay
+from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
-    chain,
     from_flat,
     state_record,
     static_field,
 )
-from functrain.transforms.combinators import partition
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
-from functrain.transforms.scaling import scale_by_learning_rate
 from functrain.transforms.validation import check_momentum, check_nonnegative
 from functrain.tree import TreeInfo
 
-__all__ = ["MuonState", "is_matrix", "muon", "newton_schulz", "scale_by_muon"]
+# The alias is served by __getattr__ (end of module).
+__all__ = ["MuonState", "is_matrix", "muon", "newton_schulz", "scale_by_muon"]  # noqa: F822
 
 # Keller Jordan's constants, as torch.optim.Muon has them.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -185,7 +185,7 @@ def scale_by_muon(
         return MuonState(
             torch.zeros((), dtype=torch.int64, device=device),
             initial_value(momentum, device),
-            tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params),
+            parts.zeros(params),
             paths=info.paths,
         )
 
@@ -201,13 +201,13 @@ def scale_by_muon(
         mom = value_at(momentum, state.count)
 
         def group(g: list[Tensor], b: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-            b = _lerp(b, g, 1 - mom, donate)
-            m = _lerp(g, b, mom, False) if nesterov else b
+            b = fe.lerp(b, g, 1 - mom, donate)
+            m = fe.lerp(g, b, mom, False) if nesterov else b
             o = [newton_schulz(x, coefficients, ns_steps, eps, ns_dtype).to(x.dtype) for x in m]
             ratios = [adjusted_ratio(adjust_lr_fn, x.shape) for x in o]
             if any(r != 1.0 for r in ratios):
                 # Shapes are static: a Python list of factors needs no host sync.
-                o = list(torch._foreach_mul(o, ratios))
+                o = fe.mul(o, ratios, False)
             return o, b
 
         out, buf = info.foreach(group, updates, list(state.momentum_buffer))
@@ -222,20 +222,6 @@ def scale_by_muon(
     return from_flat(FlatTransform(init, update, name=name))
 
 
-def _lerp(
-    xs: list[Tensor], ys: list[Tensor], weight: float | Tensor, inplace: bool
-) -> list[Tensor]:
-    if isinstance(weight, Tensor):
-        # In the leaves' dtype, as torch rounds its Python-float weight.
-        weights: Any = [weight.to(xs[0].dtype)] * len(xs)
-    else:
-        weights = weight
-    if inplace:
-        torch._foreach_lerp_(xs, ys, weights)
-        return xs
-    return list(torch._foreach_lerp(xs, ys, weights))
-
-
 # --- routing -------------------------------------------------------------------------------
 
 Mask = Callable[[str, Tensor], bool]
@@ -246,63 +232,5 @@ def is_matrix(path: str, leaf: Tensor) -> bool:
     return leaf.dim() == 2
 
 
-# --- the optimizer -------------------------------------------------------------------------
-
-
-def muon(
-    lr: float | Schedule = 1e-3,
-    weight_decay: float | Schedule = 0.1,
-    momentum: float | Schedule = 0.95,
-    nesterov: bool = True,
-    ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-    eps: float = EPS,
-    ns_steps: int = NS_STEPS,
-    adjust_lr_fn: AdjustLr = None,
-    *,
-    fallback: GradientTransformation | None = None,
-    mask: Mask | None = None,
-    ns_dtype: torch.dtype = torch.bfloat16,
-) -> GradientTransformation:
-    """Muon, as ``torch.optim.Muon``, with an optional fallback for the other leaves.
-
-    ``chain(scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps,
-    adjust_lr_fn), scale_by_learning_rate(lr), add_decoupled_decay(lr, weight_decay))``:
-    ``param <- param * (1 - lr*wd) - lr * ratio(shape) * NS(momentum(G))``.
-
-    Without ``fallback`` every leaf must be 2-d, as in torch. With ``fallback`` it is
-    ``partition({"muon": <the chain above>, "fallback": fallback}, labels)``, the leaves
-    ``mask(path, param)`` selects (default: the 2-d ones) labelled ``"muon"``: those get
-    Muon, all others ``fallback`` (torch's docs recommend AdamW for biases, norms,
-    embeddings and the like). The state is then a
-    :class:`~functrain.transforms.combinators.PartitionState`; its ``inner_states["muon"]``
-    is the chain's state.
-
-    Args:
-        lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
-        adjust_lr_fn: as ``torch.optim.Muon`` (``lr``, ``weight_decay`` and ``momentum``
-            may be schedules of the step).
-        fallback: the transform for the leaves Muon does not take.
-        mask: ``(path, param) -> bool`` choosing Muon's leaves (each must be 2-d).
-        ns_dtype: dtype of the Newton-Schulz iteration (torch's bfloat16 by default).
-
-    Example:
-        >>> tx = muon(lr=0.02, fallback=adamw(lr=3e-4, weight_decay=0.01))
-    """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    core = chain(
-        scale_by_muon(
-            momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype=ns_dtype
-        ),
-        scale_by_learning_rate(lr),
-        add_decoupled_decay(lr, weight_decay),
-    )
-    if fallback is None:
-        if mask is not None:
-            raise ValueError("mask selects Muon's leaves among others: it needs a fallback=")
-        return core
-    select = mask or is_matrix
-    return partition(
-        {"muon": core, "fallback": fallback},
-        lambda path, leaf: "muon" if select(path, leaf) else "fallback",
-    )
+# The alias (its chain(...)) lives in alias.py, which imports this module.
+__getattr__ = parts.reexport_alias(__name__, "muon")
