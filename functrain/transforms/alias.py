@@ -81,6 +81,17 @@ __all__ = [
 Schedule = Callable[[Any], Any]
 
 
+def _checked_betas(
+    lr: float | Schedule, betas: Any, weight_decay: float | Schedule
+) -> tuple[Any, float]:
+    """``betas`` checked (see :func:`check_betas`), after ``lr`` and before ``weight_decay``
+    (both >= 0 or schedules): the order in which the first bad argument is reported."""
+    check_nonnegative("lr", lr, allow_schedule=True)
+    betas = check_betas(betas)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    return betas
+
+
 def _l2_chain(
     direction: Callable[[bool], GradientTransformation],
     weight_decay: float | Schedule,
@@ -179,9 +190,7 @@ def adam(
     Example:
         >>> tx = adam(lr=3e-4, weight_decay=1e-4)
     """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    b1, b2 = _checked_betas(lr, betas, weight_decay)
     if decoupled_weight_decay:
         return adamw(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, mu_dtype=mu_dtype)
     return _with_decay(
@@ -213,9 +222,7 @@ def adamw(
     Example:
         >>> tx = chain(clip(0.01), adamw(lr=1e-4, weight_decay=0.05))
     """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    b1, b2 = _checked_betas(lr, betas, weight_decay)
     return chain(
         scale_by_adamw(
             b1, b2, eps, weight_decay, amsgrad=amsgrad, maximize=maximize, mu_dtype=mu_dtype
@@ -330,9 +337,7 @@ def adamax(
     Example:
         >>> tx = adamax(lr=2e-3, weight_decay=1e-4)
     """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    b1, b2 = _checked_betas(lr, betas, weight_decay)
     return _with_decay(
         lambda ascend: scale_by_adamax(b1, b2, eps, maximize=ascend), lr, weight_decay, maximize
     )
@@ -412,9 +417,7 @@ def nadam(
     Example:
         >>> tx = nadam(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True)
     """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    b1, b2 = _checked_betas(lr, betas, weight_decay)
     return _with_decay(
         lambda ascend: scale_by_nadam(b1, b2, eps, momentum_decay, maximize=ascend),
         lr,
@@ -455,9 +458,7 @@ def radam(
     Example:
         >>> tx = radam(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)
     """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    b1, b2 = _checked_betas(lr, betas, weight_decay)
     return _with_decay(
         lambda ascend: scale_by_radam(b1, b2, eps, maximize=ascend),
         lr,
@@ -682,9 +683,7 @@ def lion(
     Example:
         >>> tx = lion(lr=3e-5, weight_decay=0.1)
     """
-    check_nonnegative("lr", lr, allow_schedule=True)
-    b1, b2 = check_betas(betas)
-    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    b1, b2 = _checked_betas(lr, betas, weight_decay)
     return _with_decay(
         lambda ascend: scale_by_lion(b1, b2, maximize=ascend),
         lr,
