@@ -5,22 +5,9 @@ Hand functrain the sections of an mmengine / MMDetection config (``optim_wrapper
 or as a Python config file, and get the runner mmengine would have built, with its numbers.
 """
 
+from functrain.config import builtin_registries
 from functrain.config.build import Built, build_runner, import_custom_modules
-from functrain.config.builtin_registries import (
-    CALLBACKS,
-    DATA_SAMPLERS,
-    DATASETS,
-    FUNCTIONS,
-    HOOKS,
-    LOOPS,
-    METRICS,
-    MODELS,
-    OPTIM_WRAPPER_CONSTRUCTORS,
-    OPTIM_WRAPPERS,
-    OPTIMIZERS,
-    PARAM_SCHEDULERS,
-    REGISTRIES,
-)
+from functrain.config.builtin_registries import *  # noqa: F403 (the registries, listed in its __all__)
 from functrain.config.config_dict import Config, ConfigDict
 from functrain.config.errors import ConfigError, ConfigFileError
 from functrain.config.explain import explain
@@ -33,19 +20,7 @@ from functrain.config.paramwise import DefaultOptimWrapperConstructor
 from functrain.config.registry_class import Registry
 
 __all__ = [
-    "CALLBACKS",
-    "DATASETS",
-    "DATA_SAMPLERS",
-    "FUNCTIONS",
-    "HOOKS",
-    "LOOPS",
-    "METRICS",
-    "MODELS",
-    "OPTIMIZERS",
-    "OPTIM_WRAPPERS",
-    "OPTIM_WRAPPER_CONSTRUCTORS",
-    "PARAM_SCHEDULERS",
-    "REGISTRIES",
+    *builtin_registries.__all__,
     "Built",
     "Config",
     "ConfigDict",

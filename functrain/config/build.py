@@ -35,7 +35,7 @@ import torch
 from functrain.config.builtin_registries import MODELS
 from functrain.config.config_dict import to_plain
 from functrain.config.dataloaders import build_dataloader, seed_from_config
-from functrain.config.errors import ConfigError, error_text, suggest
+from functrain.config.errors import ConfigError, check_allowed, error_text
 from functrain.config.loops_hooks import build_eval_loop, build_hooks, build_train_loop
 from functrain.config.model_calls import (
     loss_fn,
@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("functrain.config")
-
-
 #: Top-level keys a config may have (others are the user's own variables, unless they look
 #: like a misspelling of one of these).
 KNOWN_KEYS = (
@@ -70,14 +68,10 @@ KNOWN_KEYS = (
     "log_level", "log_processor", "load_from", "resume", "work_dir", "randomness",
     "auto_scale_lr", "visualizer", "experiment_name",
 )  # fmt: skip
-
-
 _IGNORED_WITH_NOTE = {
     "log_processor": "the logger's window_size / by_epoch options are on LoggerHook",
     "visualizer": "functrain logs scalars as JSON lines and plots curves with CurvesPlot",
 }
-
-
 #: MMCV 1.x / MMDetection 2.x keys: mmengine's runner ignores them, so a config that still
 #: has them trains without what they say. Building warns, naming the replacement.
 LEGACY_KEYS = {
@@ -124,13 +118,7 @@ def import_custom_modules(custom_imports: Any) -> list[str]:
     path = "custom_imports"
     if not isinstance(custom_imports, Mapping):
         raise ConfigError(path, f"must be dict(imports=[...]), got {custom_imports!r}")
-    for key in custom_imports:
-        if key not in ("imports", "allow_failed_imports"):
-            raise ConfigError(
-                f"{path}.{key}",
-                f"unknown key {key!r}{suggest(key, ['imports', 'allow_failed_imports'])} "
-                "(accepted: imports, allow_failed_imports)",
-            )
+    check_allowed(path, custom_imports, ("imports", "allow_failed_imports"), path)
     imports = custom_imports.get("imports", [])
     if isinstance(imports, str):
         imports = [imports]

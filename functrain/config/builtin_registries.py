@@ -46,58 +46,30 @@ __all__ = [
     "REGISTRIES",
 ]
 
-OPTIMIZERS = Registry("OPTIMIZERS", "optimizer")
+#: Every registry by its name (``CALLBACKS`` is ``HOOKS`` under another name).
+REGISTRIES: dict[str, Registry] = {}
 
 
-OPTIM_WRAPPERS = Registry("OPTIM_WRAPPERS", "optimizer wrapper")
+def _registry(name: str, what: str) -> Registry:
+    """A new registry, recorded in :data:`REGISTRIES`."""
+    REGISTRIES[name] = Registry(name, what)
+    return REGISTRIES[name]
 
 
-OPTIM_WRAPPER_CONSTRUCTORS = Registry("OPTIM_WRAPPER_CONSTRUCTORS", "optimizer wrapper constructor")
-
-
-PARAM_SCHEDULERS = Registry("PARAM_SCHEDULERS", "parameter scheduler")
-
-
-HOOKS = Registry("HOOKS", "hook")
-
-
+OPTIMIZERS = _registry("OPTIMIZERS", "optimizer")
+OPTIM_WRAPPERS = _registry("OPTIM_WRAPPERS", "optimizer wrapper")
+OPTIM_WRAPPER_CONSTRUCTORS = _registry(
+    "OPTIM_WRAPPER_CONSTRUCTORS", "optimizer wrapper constructor"
+)
+PARAM_SCHEDULERS = _registry("PARAM_SCHEDULERS", "parameter scheduler")
+HOOKS = _registry("HOOKS", "hook")
 CALLBACKS = HOOKS
-
-
-LOOPS = Registry("LOOPS", "loop")
-
-
-MODELS = Registry("MODELS", "model")
-
-
-DATASETS = Registry("DATASETS", "dataset")
-
-
-DATA_SAMPLERS = Registry("DATA_SAMPLERS", "data sampler")
-
-
-METRICS = Registry("METRICS", "metric")
-
-
-FUNCTIONS = Registry("FUNCTIONS", "function")
-
-
-REGISTRIES: dict[str, Registry] = {
-    r.name: r
-    for r in (
-        OPTIMIZERS,
-        OPTIM_WRAPPERS,
-        OPTIM_WRAPPER_CONSTRUCTORS,
-        PARAM_SCHEDULERS,
-        HOOKS,
-        LOOPS,
-        MODELS,
-        DATASETS,
-        DATA_SAMPLERS,
-        METRICS,
-        FUNCTIONS,
-    )
-}
+LOOPS = _registry("LOOPS", "loop")
+MODELS = _registry("MODELS", "model")
+DATASETS = _registry("DATASETS", "dataset")
+DATA_SAMPLERS = _registry("DATA_SAMPLERS", "data sampler")
+METRICS = _registry("METRICS", "metric")
+FUNCTIONS = _registry("FUNCTIONS", "function")
 
 
 def _register_builtins() -> None:

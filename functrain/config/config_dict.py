@@ -18,25 +18,18 @@ __all__ = [
     "ConfigDict",
     "RESERVED_KEYS",
     "SUPPORTED_EXTENSIONS",
-    "as_config_dict",
     "join_path",
     "to_plain",
 ]
 
 BASE_KEY = "_base_"
-
-
 SUPPORTED_EXTENSIONS = (".py",)
-
-
 # Top-level names that are Config attributes (the same list mmengine reserves).
 RESERVED_KEYS = ("filename", "text", "pretty_text", "env_variables")
-
-
 _MAX_WIDTH = 100
 
 
-def as_config_dict(value: Any) -> Any:
+def _as_config_dict(value: Any) -> Any:
     """Plain dicts (at any depth, inside lists and tuples too) become ConfigDicts.
 
     Like mmengine, only exact ``dict``/``OrderedDict`` are converted: a user's own mapping
@@ -45,9 +38,9 @@ def as_config_dict(value: Any) -> Any:
     if type(value) in (dict, OrderedDict):
         return ConfigDict(value)
     if type(value) is list:
-        return [as_config_dict(v) for v in value]
+        return [_as_config_dict(v) for v in value]
     if type(value) is tuple:
-        return tuple(as_config_dict(v) for v in value)
+        return tuple(_as_config_dict(v) for v in value)
     return value
 
 
@@ -104,7 +97,7 @@ class ConfigDict(dict):
         self.update(mapping, **kwargs)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, as_config_dict(value))
+        super().__setitem__(key, _as_config_dict(value))
 
     def __missing__(self, key: Any) -> Any:
         raise KeyError(_missing_key_message(key, self.keys()))
@@ -334,6 +327,7 @@ def _format_scalar(value: Any, path: str) -> str:
 
 
 def join_path(path: str, key: Any) -> str:
+    """``path.key`` (``key`` alone at the top level): the dotted path of a key, for errors."""
     return f"{path}.{key}" if path else str(key)
 
 

@@ -14,17 +14,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from functrain.config.builtin_registries import DATA_SAMPLERS, DATASETS, FUNCTIONS
-from functrain.config.errors import ConfigError, error_text, suggest
+from functrain.config.errors import ConfigError, check_allowed, error_text, suggest
 
 __all__ = [
-    "DATALOADER_KEYS",
     "build_dataloader",
     "seed_from_config",
     "set_random_seed",
-    "worker_init_fn",
 ]
 
-DATALOADER_KEYS = (
+_DATALOADER_KEYS = (
     "batch_size", "num_workers", "persistent_workers", "pin_memory", "drop_last",
     "prefetch_factor", "timeout", "sampler", "batch_sampler", "collate_fn", "dataset", "shuffle",
 )  # fmt: skip
@@ -49,16 +47,13 @@ def set_random_seed(seed: int, deterministic: bool = False) -> None:
 
 
 def seed_from_config(cfg: Mapping[str, Any], rank: int) -> int | None:
+    """The seed of the config's ``randomness`` (drawn by rank 0 and shared when ``seed`` is
+    ``None``, plus ``rank`` with ``diff_rank_seed``), after seeding Python, numpy and torch
+    with it as mmengine does."""
     rnd = cfg.get("randomness") or {}
     if not isinstance(rnd, Mapping):
         raise ConfigError("randomness", f"must be a dict like dict(seed=0), got {rnd!r}")
-    allowed = ("seed", "deterministic", "diff_rank_seed")
-    for key in rnd:
-        if key not in allowed:
-            raise ConfigError(
-                f"randomness.{key}",
-                f"unknown key {key!r}{suggest(key, allowed)} (accepted: {', '.join(allowed)})",
-            )
+    check_allowed("randomness", rnd, ("seed", "deterministic", "diff_rank_seed"), "randomness")
     seed = rnd.get("seed")
     if seed is None:  # mmengine: rank 0 draws one and every rank uses it
         from functrain.ranks import sync_random_seed
@@ -72,7 +67,7 @@ def seed_from_config(cfg: Mapping[str, Any], rank: int) -> int | None:
     return seed
 
 
-def worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
+def _worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
     worker_seed = num_workers * rank + worker_id + seed
     set_random_seed(worker_seed)
 
@@ -85,11 +80,11 @@ def build_dataloader(
     if not isinstance(cfg, Mapping):
         raise ConfigError(path, f"must be a dict with 'dataset' and 'batch_size', got {cfg!r}")
     for key in cfg:
-        if key not in DATALOADER_KEYS:
+        if key not in _DATALOADER_KEYS:
             raise ConfigError(
                 f"{path}.{key}",
-                f"unknown dataloader key {key!r}{suggest(key, DATALOADER_KEYS)} "
-                f"(accepted: {', '.join(DATALOADER_KEYS)})",
+                f"unknown dataloader key {key!r}{suggest(key, _DATALOADER_KEYS)} "
+                f"(accepted: {', '.join(_DATALOADER_KEYS)})",
             )
     if "dataset" not in cfg:
         raise ConfigError(path, "needs a 'dataset' (e.g. dataset=dict(type='Digits'))")
@@ -140,7 +135,7 @@ def build_dataloader(
     num_workers = kwargs.get("num_workers", 0)
     init_fn = None
     if seed is not None and num_workers:
-        init_fn = partial(worker_init_fn, num_workers=num_workers, rank=rank, seed=seed)
+        init_fn = partial(_worker_init_fn, num_workers=num_workers, rank=rank, seed=seed)
     if kwargs.get("batch_sampler") is not None:
         raise ConfigError(f"{path}.batch_sampler", "batch samplers are not supported")
     kwargs.pop("batch_sampler", None)

@@ -65,6 +65,8 @@ def named_key(text: str, keys: Iterable[str]) -> str | None:
 
 
 def check_allowed(path: str, cfg: Mapping[str, Any], allowed: Sequence[str], what: str) -> None:
+    """:class:`ConfigError` at ``path.<key>`` for the first key of ``cfg`` not in ``allowed``,
+    with the closest allowed names and the full list."""
     for key in cfg:
         if key not in allowed:
             raise ConfigError(
@@ -75,6 +77,8 @@ def check_allowed(path: str, cfg: Mapping[str, Any], allowed: Sequence[str], wha
 
 
 def check_number(path: str, value: Any, *, positive: bool = False, integer: bool = False) -> Any:
+    """``value`` itself if it is a number (an int when ``integer``; ``> 0`` when ``positive``),
+    else :class:`ConfigError` at ``path``. Booleans are not numbers here."""
     kinds = int if integer else int | float
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an int" if integer else "a number"

@@ -85,14 +85,8 @@ __all__ = [
 ]
 
 _DEPRECATION_KEY = "_deprecation_"
-
-
 _BASE_VAR_RE = re.compile(r"\{\{\s*" + BASE_KEY + r"\.([\w.]+)\s*\}\}")
-
-
 _ENV_VAR_RE = re.compile(r"\{\{['\"]?\s*\$(\w+)\s*:\s*(\S*?)\s*['\"]?\}\}")
-
-
 _PREDEFINED = ("fileDirname", "fileBasename", "fileBasenameNoExtension", "fileExtname")
 
 
@@ -187,6 +181,16 @@ def _base_specs(tree: ast.Module, path: str) -> tuple[list[str], ast.Module]:
     return list(specs or []), module
 
 
+def _check_extension(file: str, what: str) -> None:
+    """``ConfigFileError`` (``what`` first) unless ``file`` is a Python config file."""
+    ext = os.path.splitext(file)[1]
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise ConfigFileError(
+            f"{what} has extension {ext!r}; only Python config files "
+            f"({', '.join(map(repr, SUPPORTED_EXTENSIONS))}) are supported"
+        )
+
+
 def _resolve_base(spec: str, path: str) -> str:
     if "::" in spec:
         raise ConfigFileError(
@@ -194,12 +198,7 @@ def _resolve_base(spec: str, path: str) -> str:
             "next to your config and name it by a relative path"
         )
     resolved = os.path.normpath(os.path.join(os.path.dirname(path), spec))
-    ext = os.path.splitext(resolved)[1]
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise ConfigFileError(
-            f"{path}: base config {spec!r} has extension {ext!r}; only Python config files "
-            f"({', '.join(map(repr, SUPPORTED_EXTENSIONS))}) are supported"
-        )
+    _check_extension(resolved, f"{path}: base config {spec!r}")
     if not os.path.isfile(resolved):
         hint = ""
         directory = os.path.dirname(resolved)
@@ -330,12 +329,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         {'max_norm': 35, 'norm_type': 2}
     """
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    ext = os.path.splitext(path)[1]
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise ConfigFileError(
-            f"cannot load config {path}: extension {ext!r} is not supported; only Python "
-            f"config files ({', '.join(map(repr, SUPPORTED_EXTENSIONS))}) are"
-        )
+    _check_extension(path, f"cannot load config {path}:")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} does not exist")
     texts: list[str] = []

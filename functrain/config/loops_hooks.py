@@ -15,21 +15,23 @@ from functrain.config.errors import ConfigError, error_text, named_key, suggest
 from functrain.config.model_calls import predict_fn
 from functrain.config.registry_class import check_kwargs, missing_required
 
-__all__ = ["build_eval_loop", "build_evaluator", "build_hooks", "build_train_loop"]
+__all__ = ["build_eval_loop", "build_hooks", "build_train_loop"]
 
 
-def build_evaluator(cfg: Any, path: str) -> Any:
+def _build_evaluator(cfg: Any, path: str) -> Any:
     if isinstance(cfg, Sequence) and not isinstance(cfg, str):
         if len(cfg) != 1:
             raise ConfigError(path, "one evaluator per loop is supported; got a list of "
                               f"{len(cfg)}")  # fmt: skip
         cfg, path = cfg[0], f"{path}[0]"
     if isinstance(cfg, Mapping) and cfg.get("type") == "Evaluator":
-        return build_evaluator(cfg.get("metrics"), f"{path}.metrics")
+        return _build_evaluator(cfg.get("metrics"), f"{path}.metrics")
     return METRICS.build(cfg, path)
 
 
 def build_train_loop(cfg: Any, loader: DataLoader) -> Any:
+    """``train_cfg`` -> an ``EpochBasedTrainLoop`` / ``IterBasedTrainLoop`` over ``loader``
+    (``by_epoch`` shorthand accepted), errors at the key in ``train_cfg``."""
     path = "train_cfg"
     if not isinstance(cfg, Mapping):
         raise ConfigError(path, f"must be a dict, got {cfg!r}")
@@ -82,6 +84,8 @@ def _dynamic_intervals(value: Any, path: str) -> list[tuple[int, int]]:
 def build_eval_loop(
     cfg: Mapping[str, Any], mode: str, model: Any, device: torch.device, seed: int | None
 ) -> tuple[Any, torch.dtype | None]:
+    """``{mode}_cfg`` + ``{mode}_dataloader`` + ``{mode}_evaluator`` (``mode``: ``'val'`` or
+    ``'test'``) -> ``(loop or None, its autocast dtype)``; all three or none must be given."""
     loop_cfg, loader_cfg, evaluator_cfg = (
         cfg.get(f"{mode}_cfg"),
         cfg.get(f"{mode}_dataloader"),
@@ -121,13 +125,15 @@ def build_eval_loop(
     from functrain.step import make_eval_step
 
     loader = build_dataloader(loader_cfg, f"{mode}_dataloader", seed=seed)
-    evaluator = build_evaluator(evaluator_cfg, f"{mode}_evaluator")
+    evaluator = _build_evaluator(evaluator_cfg, f"{mode}_evaluator")
     loop_cls = LOOPS.get(expected)
     step = make_eval_step(model, predict_fn(device), autocast=autocast)
     return loop_cls(loader, step, evaluator), autocast
 
 
 def build_hooks(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """``default_hooks`` (by name; ``None`` removes a default) and ``custom_hooks`` (with
+    ``priority``) -> ``(default callbacks by name, custom callbacks)``."""
     defaults: dict[str, Any] = {}
     default_hooks = cfg.get("default_hooks") or {}
     if not isinstance(default_hooks, Mapping):

@@ -12,7 +12,7 @@ import optree
 import torch
 from torch import Tensor
 
-__all__ = ["call_model", "loss_fn", "parse_losses", "predict_fn", "to_device"]
+__all__ = ["loss_fn", "parse_losses", "predict_fn"]
 
 
 def parse_losses(losses: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -41,14 +41,14 @@ def parse_losses(losses: Any) -> tuple[Tensor, dict[str, Tensor]]:
     return loss, {k: v.detach() for k, v in log_vars.items() if k != "loss"}
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
+def _to_device(batch: Any, device: torch.device) -> Any:
     def move(x: Any) -> Any:
         return x.to(device, non_blocking=True) if isinstance(x, Tensor) else x
 
     return optree.tree_map(move, batch, none_is_leaf=True)
 
 
-def call_model(forward: Any, batch: Any, mode: str) -> Any:
+def _call_model(forward: Any, batch: Any, mode: str) -> Any:
     if isinstance(batch, Mapping):
         return forward(**batch, mode=mode)
     if isinstance(batch, tuple | list):
@@ -57,14 +57,20 @@ def call_model(forward: Any, batch: Any, mode: str) -> Any:
 
 
 def loss_fn(device: torch.device) -> Any:
+    """``loss(forward, batch) -> (loss, logged)``: the batch moved to ``device``, the model
+    called in ``mode='loss'``, its losses summed by :func:`parse_losses`."""
+
     def loss_fn(forward: Any, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        return parse_losses(call_model(forward, to_device(batch, device), "loss"))
+        return parse_losses(_call_model(forward, _to_device(batch, device), "loss"))
 
     return loss_fn
 
 
 def predict_fn(device: torch.device) -> Any:
+    """``predict(forward, batch) -> outputs``: the batch moved to ``device``, the model
+    called in ``mode='predict'``."""
+
     def predict(forward: Any, batch: Any) -> Any:
-        return call_model(forward, to_device(batch, device), "predict")
+        return _call_model(forward, _to_device(batch, device), "predict")
 
     return predict

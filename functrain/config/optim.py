@@ -63,23 +63,13 @@ WRAPPER_KEYS = {
     "AmpOptimWrapper": ("type", "optimizer", "paramwise_cfg", "clip_grad", "accumulative_counts",
                         "constructor", "loss_scale", "dtype"),
 }  # fmt: skip
-
-
 _IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable")
-
-
 _CLIP_KEYS = {"norm": ("type", "max_norm", "norm_type", "error_if_nonfinite", "foreach"),
               "value": ("type", "clip_value", "foreach")}  # fmt: skip
-
-
 _DTYPES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16}
-
-
 # Spellings from other tools, for the suggestion only (mmengine rejects them too).
 _DTYPE_ALIASES = {"fp16": "float16", "bf16": "bfloat16", "torch.float16": "float16",
                   "torch.bfloat16": "bfloat16"}  # fmt: skip
-
-
 _SCALER_KEYS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "enabled")
 
 

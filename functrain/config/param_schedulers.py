@@ -35,6 +35,8 @@ def item_paths(param_scheduler: Any, n: int) -> list[str]:
 
 
 def schedule_items(param_scheduler: Any) -> list[Mapping[str, Any]]:
+    """``param_scheduler`` (``None``, a dict or a list of dicts) as a list of items, each
+    checked to be a dict with a registered ``type``."""
     if param_scheduler is None:
         return []
     items = [param_scheduler] if isinstance(param_scheduler, Mapping) else param_scheduler
@@ -51,8 +53,6 @@ def schedule_items(param_scheduler: Any) -> list[Mapping[str, Any]]:
 
 
 _WHERE = re.compile(r"param_scheduler(?:\[(\d+)\])?:\s*")
-
-
 _KEY_IN_MESSAGE = (
     re.compile(r"has no argument '([^']+)'"),
     re.compile(r"needs the key '([^']+)'"),

@@ -35,7 +35,6 @@ __all__ = [
     "call",
     "check_kwargs",
     "missing_required",
-    "numeric_defaults",
 ]
 
 T = TypeVar("T")
@@ -52,7 +51,7 @@ def accepted_keys(factory: Callable[..., Any]) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def numeric_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
+def _numeric_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
@@ -78,7 +77,7 @@ def check_kwargs(
                     f"unknown key {key!r} for {what}{suggest(key, accepted)} "
                     f"(accepted: {', '.join(accepted) or 'none'})",
                 )
-    for key, default in numeric_defaults(factory).items():
+    for key, default in _numeric_defaults(factory).items():
         if isinstance(kwargs.get(key), str):
             raise ConfigError(
                 f"{path}.{key}" if path else key,
