@@ -331,8 +331,13 @@ def test_resume_and_load_from_mistakes_exit_2_with_one_line(
     config, work = copy_run(trained, tmp_path)
     evil, marker = pickled_code
     argv = ["train", str(config), "--work-dir", str(work), "--device", "cpu"]
+    no_optimizer = tmp_path / "weights_only.pth"
+    ckpt = load_checkpoint(work / "epoch_1.pth")
+    del ckpt["state"]["opt_state"]  # what CheckpointCallback(save_optimizer=False) writes
+    torch.save(ckpt, no_optimizer)
     cases = [
         (["--resume", str(evil)], ("not tensors or plain containers", "epoch_2.pth")),
+        (["--resume", str(no_optimizer)], ("has no optimizer state", "load_from")),
         (["--cfg-options", f"load_from={evil}"], ("not tensors or plain containers",)),
         (["--resume", str(work / "nope.pth")], ("does not exist", "--resume")),
         (
