@@ -14,8 +14,12 @@ What is compared, for every example config (shortened with a larger batch, appli
   in functrain's optimizer state (and, for a group with ``lr_mult != 1``, the schedule
   re-based at ``base * lr_mult``, which is what the transform evaluates); each parameter's
   weight decay;
-- the parameters and BatchNorm buffers after the first iteration and at the end of training:
-  max |difference| / max |value| <= 1e-5, over the parameters and over the float buffers;
+- the parameters and BatchNorm buffers after the first iteration and at the end of training
+  (max |difference| / max |value|, over the parameters and over the float buffers): bitwise
+  for the runs in ``BITWISE``, where both sides run the same kernels on the same inputs in
+  the same order, so on every machine; for the runs in ``ROUNDS_DIFFERENTLY``, within 1e-6
+  after one iteration and, at the end, within what the run makes of a one-ulp change (see
+  the bound below);
 - the validation accuracies.
 
 Two choices make the parameter comparison meaningful rather than a measure of rounding:
@@ -23,9 +27,16 @@ Two choices make the parameter comparison meaningful rather than a measure of ro
 - the mmengine side runs torch's fused optimizer kernel (``fused=True`` for SGD / Adam /
   AdamW), which is what functrain runs; torch's default loop computes the same update with
   other roundings, and training amplifies one-ulp differences (a ReLU input within rounding
-  of zero flips). Nine of the thirteen runs then match bitwise and the others within 5e-6,
-  while mmengine's own fused and default runs of these configs end up to 4e-4 (parameters)
-  and 6e-4 (buffers) apart.
+  of zero flips). Nine of the thirteen runs then match bitwise, on every machine. The other
+  four round differently at some step (the reason is given per run); how far apart they end
+  depends on how much the run amplifies an ulp, and that depends on the machine's kernels:
+  within 5e-6 on this project's AVX-512 machine, but the cyclic run ends 1.2e-4 apart with
+  AVX2 kernels and 4e-3 with ``ATEN_CPU_CAPABILITY=default``, and mmengine's own fused and
+  default runs of these configs end up to 4e-4 (parameters) and 6e-4 (buffers) apart. So
+  their end-of-run bound is measured on the machine that runs the test: mmengine is run a
+  second time with every initial weight moved one ulp, and functrain must end no farther
+  from mmengine than ten times that distance (or 1e-5, whichever is larger). Measured on
+  four kernel sets, functrain's distance was at most 1.1x the one-ulp distance.
 - the biases of convolutions that feed a BatchNorm (and that BatchNorm's running mean) are
   reported but not held to 1e-5: see :func:`rounding_noise`.
 
@@ -41,6 +52,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import struct
 import time
 from pathlib import Path
 
@@ -317,7 +329,21 @@ def _config(name: str, options: dict | None) -> dict:
 FUSED = ("SGD", "Adam", "AdamW")
 
 
-def run_mmengine(cfg: dict, work_dir: Path) -> MMRecorder:
+class MMOneUlp(Hook):
+    """Moves every parameter one ulp towards +inf before training: the smallest change of
+    the initial weights, to measure how much a run amplifies rounding differences."""
+
+    priority = "VERY_HIGH"
+
+    def before_train(self, runner) -> None:
+        with torch.no_grad():
+            for p in runner.model.parameters():
+                p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
+
+
+def run_mmengine(cfg: dict, work_dir: Path, one_ulp: bool = False) -> MMRecorder:
+    """mmengine's Runner on ``cfg`` with a recorder; ``one_ulp`` moves the initial weights
+    one ulp (:class:`MMOneUlp`)."""
     cfg = copy.deepcopy(cfg)
     cfg["work_dir"] = str(work_dir)
     cfg["default_scope"] = None
@@ -331,6 +357,8 @@ def run_mmengine(cfg: dict, work_dir: Path) -> MMRecorder:
     runner = MMRunner.from_cfg(MMConfig(cfg))
     recorder = MMRecorder()
     runner.register_hook(recorder)
+    if one_ulp:
+        runner.register_hook(MMOneUlp())
     runner.train()
     return recorder
 
@@ -415,6 +443,11 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-300)
 
 
+def float32(x: float) -> float:
+    """``x`` rounded to float32 (round to nearest even), back as a Python float."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 # (config, cfg-options applied to both sides). The runs are shortened with a larger batch
 # (20 iterations per epoch instead of 40) so that every scheduler window still runs.
 SHORT = {"train_dataloader.batch_size": 64}
@@ -441,18 +474,52 @@ CASES = [
 ]
 
 
+def case_id(name: str, options: dict) -> str:
+    return name[:-3] + ("_accumulate" if "optim_wrapper.accumulative_counts" in options else "")
+
+
+# Runs where, at every step, both sides compute the same thing with the same kernels on the same
+# inputs in the same order: the same forward and backward on the same batches from the same
+# weights, then torch's fused SGD / Adam kernel on both sides (no clip engages, no user
+# optimizer, no accumulation). The lr of each step comes from two implementations of the
+# schedule and may differ in the last float64 bit, but the CPU fused kernels use lr in float32
+# (a one-ulp change of a float64 lr changes none of 1e6 updates), and the test checks that the
+# float32 roundings agree. Bitwise on every machine, whatever kernels it picks.
+BITWISE = {
+    "digits_adam",
+    "digits_sgd_clip",
+    "digits_poly",
+    "digits_cosine",
+    "digits_multistep_1x",
+    "digits_epoch_val",
+    "digits_iter_dynamic",
+    "digits_checkpoint",
+    "digits_custom_constructor",
+}
+# Runs where functrain rounds some step differently from mmengine, and why.
+ROUNDS_DIFFERENTLY = {
+    "digits_adamw": "clip(0.01) engages; functrain folds it into the fused kernel's grad_scale"
+    " (1 / coefficient) where clip_grad_norm_ multiplies by the coefficient",
+    "digits_momentum_cosine": "scheduled betas: functrain runs AdamW unfused (foreach ops),"
+    " mmengine torch's fused kernel",
+    "digits_custom": "MyOptimizer: a torch for-loop Optimizer on the mmengine side, a chain of"
+    " transforms on functrain's",
+    "digits_sgd_clip_accumulate": "mmengine divides the loss by the window length before"
+    " backward, functrain divides each gradient",
+}
+
+
 # mmengine warns when an accumulation window delays the first optimizer step: its own
 # behaviour, which functrain reproduces.
 @pytest.mark.filterwarnings("ignore:Detected call of `scheduler.step\\(\\)` before")
 @pytest.mark.parametrize(
     ("name", "options"),
     CASES,
-    ids=[
-        n[:-3] + ("_accumulate" if "optim_wrapper.accumulative_counts" in o else "")
-        for n, o in CASES
-    ],
+    ids=[case_id(n, o) for n, o in CASES],
 )
 def test_config_matches_mmengine_runner(tmp_path, name, options):
+    key = case_id(name, options)
+    assert (key in BITWISE) != (key in ROUNDS_DIFFERENTLY), f"{key}: say which kind of run it is"
     cfg = _config(name, options)
     mm = run_mmengine(cfg, tmp_path / "mm")
     built, ft = run_functrain(cfg, tmp_path / "ft")
@@ -491,7 +558,10 @@ def test_config_matches_mmengine_runner(tmp_path, name, options):
     lr_err = mom_err = 0.0
     for i in steps:
         for pname, mm_lr in mm.lr[i].items():
-            lr_err = max(lr_err, rel(group_lr(i, mults[pname].lr_mult), mm_lr))
+            ft_lr = group_lr(i, mults[pname].lr_mult)
+            lr_err = max(lr_err, rel(ft_lr, mm_lr))
+            if key in BITWISE:  # what the fused kernel sees (see BITWISE)
+                assert float32(ft_lr) == float32(mm_lr), (i, pname, ft_lr, mm_lr)
         if "momentum" in ft.values[i]:
             assert mm.momentum[i].keys() == params
             for mm_mom in mm.momentum[i].values():
@@ -513,9 +583,25 @@ def test_config_matches_mmengine_runner(tmp_path, name, options):
     # parameters and BatchNorm buffers after the first iteration and at the end
     first = compare_tensors(ft.first, mm.first, params, noise)
     last = compare_tensors(ft.last, mm.last, params, noise)
-    for when, err in (("first", first), ("last", last)):
-        assert err["params"] <= 1e-5, (when, err)
-        assert err["buffers"] <= 1e-5, (when, err)
+    bound = None
+    if key in BITWISE:
+        for when, err in (("first", first), ("last", last)):
+            assert all(v == 0.0 for v in err.values()), (when, err)
+    else:
+        # One step from bitwise-equal weights (checked above) on the same batch: the two
+        # sides differ only by the rounding of that one update, a few float32 ulps of an
+        # entry (1.2e-7 relative each), less relative to the tensors' max; measured <= 3e-8.
+        for kind in ("params", "buffers"):
+            assert first[kind] <= 1e-6, ("first", ROUNDS_DIFFERENTLY[key], first)
+        # At the end: training amplifies those ulps, by a factor that depends on the run and
+        # the machine's kernels (module docstring). mmengine against itself with its initial
+        # weights one ulp apart measures that factor here; functrain must stay within ten
+        # times that distance (measured: at most 1.1 times), or 1e-5.
+        nudged = run_mmengine(cfg, tmp_path / "mm_one_ulp", one_ulp=True)
+        spread = compare_tensors(nudged.last, mm.last, params, noise)
+        bound = {k: max(1e-5, 10 * spread[k]) for k in ("params", "buffers")}
+        for kind in ("params", "buffers"):
+            assert last[kind] <= bound[kind], ("last", ROUNDS_DIFFERENTLY[key], last, spread)
 
     # validation: when it runs (the events above) and what it finds. In eval mode a BatchNorm
     # uses its running mean, so the pre-BN bias noise reaches the predictions: where the noise
@@ -531,13 +617,12 @@ def test_config_matches_mmengine_runner(tmp_path, name, options):
     with_mm_noise = {**ft.last, **{k: mm.last[k] for k in noise}}
     assert abs(val_accuracy(with_mm_noise, model_cfg) - mm.val[-1]["accuracy"]) <= one_image
 
-    key = name[:-3] + ("_accumulate" if counts > 1 else "")
     print(
         f"\n{key}: {n_iter} iters; max rel diff: lr {lr_err:.1e}, momentum {mom_err:.1e}; "
         f"after iter 1: params {first['params']:.1e}, buffers {first['buffers']:.1e}; "
         f"at the end: params {last['params']:.1e}, buffers {last['buffers']:.1e}, "
         f"per tensor {last['per_tensor']:.1e}, pre-BN conv biases {last['noise']:.1e}; "
-        f"val accuracy {val_err:.1e}"
+        f"val accuracy {val_err:.1e}" + (f"; bound {bound['params']:.1e}" if bound else "; bitwise")
     )
 
 
