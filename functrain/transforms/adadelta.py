@@ -9,7 +9,6 @@ from torch import Tensor
 
 from functrain.transforms import foreach as fe
 from functrain.transforms import optim_parts as parts
-from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -18,6 +17,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo
 

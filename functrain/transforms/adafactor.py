@@ -32,7 +32,6 @@ from torch import Tensor
 
 from functrain.transforms import foreach as fe
 from functrain.transforms import optim_parts as parts
-from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -41,6 +40,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, initial_value, value_at
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.scaling import LearningRateState
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo

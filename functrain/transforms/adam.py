@@ -18,10 +18,12 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.kernel_specs import Kernel, group_value
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.scaling import add_decayed_weights
 from functrain.transforms.validation import check_betas, check_nonnegative, is_schedule
-from functrain.tree import TreeInfo, describe_mismatch, foreach_clone
+from functrain.tree import TreeInfo, foreach_clone
 
+# check_state_paths lives in optim_parts; re-exported for the modules that import it from here.
 __all__ = ["ScaleByAdamState", "check_state_paths", "scale_by_adam", "scale_by_adamw"]
 
 
@@ -44,16 +46,6 @@ class ScaleByAdamState:
     nu: tuple[Tensor, ...]
     nu_max: tuple[Tensor, ...]
     paths: tuple[str, ...] = static_field()
-
-
-def check_state_paths(name: str, state_paths: tuple[str, ...], info: TreeInfo) -> None:
-    """Raise ``ValueError`` when the updates' leaves are not the ones ``state`` was built for."""
-    paths = info.paths
-    if state_paths is not paths and state_paths != paths:
-        raise ValueError(
-            f"{name}: the update tree does not match the optimizer state: "
-            + describe_mismatch(paths, state_paths)
-        )
 
 
 def scale_by_adam(

@@ -11,7 +11,6 @@ from torch import Tensor
 
 from functrain.transforms import foreach as fe
 from functrain.transforms import optim_parts as parts
-from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -22,6 +21,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.kernel_specs import Kernel
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten, foreach_clone
 

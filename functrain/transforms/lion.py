@@ -19,7 +19,6 @@ from torch import Tensor
 
 from functrain.transforms import foreach as fe
 from functrain.transforms import optim_parts as parts
-from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -27,6 +26,7 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_betas
 from functrain.tree import TreeInfo
 

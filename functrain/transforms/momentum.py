@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
-from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -18,6 +17,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.kernel_specs import Kernel, group_value
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_momentum, is_schedule
 from functrain.tree import TreeInfo, foreach_clone
 

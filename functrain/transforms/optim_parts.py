@@ -33,9 +33,10 @@ from torch import Tensor
 from functrain.transforms import foreach as fe
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.validation import is_schedule
-from functrain.tree import TreeInfo
+from functrain.tree import TreeInfo, describe_mismatch
 
 __all__ = [
+    "check_state_paths",
     "device_of",
     "evaluate",
     "full",
@@ -76,6 +77,16 @@ def require_params(name: str, params: list[Tensor] | None) -> list[Tensor]:
     if params is None:
         raise ValueError(f"{name} needs the parameters: call update(updates, state, params)")
     return params
+
+
+def check_state_paths(name: str, state_paths: tuple[str, ...], info: TreeInfo) -> None:
+    """Raise ``ValueError`` when the updates' leaves are not the ones ``state`` was built for."""
+    paths = info.paths
+    if state_paths is not paths and state_paths != paths:
+        raise ValueError(
+            f"{name}: the update tree does not match the optimizer state: "
+            + describe_mismatch(paths, state_paths)
+        )
 
 
 def device_of(params: Sequence[Tensor]) -> torch.device:
