@@ -32,12 +32,9 @@ __all__ = ["main"]
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from functrain.config.file import load_config, merge_from_dict, parse_cfg_options
+    from functrain.config.config_dict import Config
 
-    cfg = load_config(args.config)
-    if args.cfg_options:
-        cfg = merge_from_dict(cfg, parse_cfg_options(args.cfg_options))
-    return cfg
+    return Config.fromfile(args.config, args.cfg_options)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -133,16 +130,10 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from functrain.config.build import build_model, build_training
+    from functrain.config.build import plan_training
     from functrain.schedules import plot_schedules
 
-    cfg = _load(args)
-    from functrain.config.build import import_custom_modules
-    from functrain.config.config_dict import to_plain
-
-    cfg = to_plain(cfg)
-    import_custom_modules(cfg.get("custom_imports"))
-    train_loop, plan = build_training(cfg, build_model(cfg, "cpu"), seed=0)
+    _, train_loop, plan = plan_training(_load(args))
     if not plan.schedules:
         print("the config schedules nothing (constant hyperparameters)")
         return 0

@@ -55,6 +55,7 @@ __all__ = [
     "check_top_level",
     "import_custom_modules",
     "parse_losses",
+    "plan_training",
     "to_plain",
 ]
 
@@ -241,6 +242,20 @@ def build_training(
         data_parallel=data_parallel,
     )
     return train_loop, plan
+
+
+def plan_training(
+    cfg: Mapping[str, Any], model: torch.nn.Module | None = None
+) -> tuple[torch.nn.Module, Any, OptimizerPlan]:
+    """``(model, train loop, optimizer plan)`` of a config on the CPU, for inspecting it
+    (``functrain explain`` / ``schedule``): the config is checked and its ``custom_imports``
+    imported as :func:`build_runner` does, but nothing is trained, seeded or written."""
+    cfg = to_plain(cfg)
+    check_top_level(cfg)
+    import_custom_modules(cfg.get("custom_imports"))
+    model = model if model is not None else build_model(cfg, "cpu")
+    train_loop, plan = build_training(cfg, model, seed=0)
+    return model, train_loop, plan
 
 
 def _env_error(launcher: str, err: BaseException) -> ConfigError:

@@ -9,12 +9,7 @@ from typing import Any
 
 import torch
 
-from functrain.config.build import (
-    build_model,
-    build_training,
-    check_top_level,
-    import_custom_modules,
-)
+from functrain.config.build import plan_training
 from functrain.config.config_dict import to_plain
 from functrain.config.optim import OptimizerPlan
 
@@ -66,10 +61,7 @@ def explain(cfg: Mapping[str, Any], model: torch.nn.Module | None = None) -> str
         >>> print(explain(load_config("examples/configs/digits_adamw.py")))  # doctest: +SKIP
     """
     cfg = to_plain(cfg)
-    check_top_level(cfg)
-    import_custom_modules(cfg.get("custom_imports"))
-    model = model if model is not None else build_model(cfg, "cpu")
-    train_loop, plan = build_training(cfg, model, seed=0)
+    model, train_loop, plan = plan_training(cfg, model)
     epoch_length = len(train_loop.dataloader)
     lines = [
         f"optimizer wrapper: {plan.wrapper}",
