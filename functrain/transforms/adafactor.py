@@ -24,7 +24,6 @@ up to rounding, and 3-4x faster on CPU), and that the step is one additive updat
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import torch
@@ -56,13 +55,7 @@ __all__ = [
 ]
 
 
-# --- small local helpers (candidates for foreach.py / validation.py) -----------------------
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    return float(value)
+# --- helpers ------------------------------------------------------------------------------
 
 
 def sqrt_numels(xs: list[Tensor]) -> Tensor:
@@ -127,12 +120,12 @@ def scale_by_factored_rms(
     Example:
         >>> tx = chain(scale_by_factored_rms(), scale_by_learning_rate(1e-2))
     """
-    beta2_decay = _number("beta2_decay", beta2_decay)
+    beta2_decay = parts.number("beta2_decay", beta2_decay)
     if not beta2_decay <= 0.0:
         raise ValueError(f"Invalid beta2_decay: {beta2_decay}; beta2_decay should be <= 0")
-    if eps is not None and _number("eps[0]", eps) < 0:
+    if eps is not None and parts.number("eps[0]", eps) < 0:
         raise ValueError(f"Invalid eps[0] (epsilon1): {eps}; epsilon1 should be >= 0")
-    d = _number("d", d)
+    d = parts.number("d", d)
     if not d >= 1.0:
         raise ValueError(f"Invalid d: {d}; clipping threshold d should be >= 1")
 
@@ -274,7 +267,7 @@ def scale_by_relative_step(
         >>> tx = chain(scale_by_factored_rms(), scale_by_relative_step(1e-2))
     """
     check_nonnegative("lr", learning_rate, allow_schedule=True)
-    if _number("eps[1]", eps) < 0:
+    if parts.number("eps[1]", eps) < 0:
         raise ValueError(f"Invalid eps[1] (epsilon2): {eps}; epsilon2 should be >= 0")
     eps = float(eps)
 

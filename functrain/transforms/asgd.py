@@ -52,12 +52,6 @@ class ScaleByAsgdState:
     paths: tuple[str, ...] = static_field()
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise ValueError(f"Invalid {name}: {value!r}; {name} must be a number")
-    return float(value)
-
-
 def scale_by_asgd(
     lr: float | Schedule = 1e-2,
     lambd: float = 1e-4,
@@ -92,9 +86,9 @@ def scale_by_asgd(
         >>> tx = scale_by_asgd(lr=0.01, t0=100)
     """
     check_nonnegative("lr", lr, allow_schedule=True)
-    lambd = _number("lambd", lambd)
-    alpha = _number("alpha", alpha)
-    t0 = _number("t0", t0)
+    lambd = parts.number("lambd", lambd)
+    alpha = parts.number("alpha", alpha)
+    t0 = parts.number("t0", t0)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAsgdState:
         device = parts.device_of(params)

@@ -24,6 +24,7 @@ and out-of-place forms of each op give bitwise the same values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "full",
     "increment",
     "name_of",
+    "number",
     "one_pass",
     "reexport_alias",
     "require_params",
@@ -70,6 +72,14 @@ def reexport_alias(module: str, *names: str) -> Callable[[str], Any]:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def number(name: str, value: Any) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``name`` when it is not a number (a bool,
+    a string, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"Invalid {name}: {value!r}; {name} must be a number")
+    return float(value)
 
 
 def require_params(name: str, params: list[Tensor] | None) -> list[Tensor]:

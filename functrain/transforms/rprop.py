@@ -44,17 +44,11 @@ class ScaleByRpropState:
     paths: tuple[str, ...] = static_field()
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
 def check_etas(etas: Any) -> tuple[float, float]:
     """``0 < etas[0] < 1 < etas[1]``, as torch.optim.Rprop checks them."""
     if not isinstance(etas, tuple | list) or len(etas) != 2:
         raise ValueError(f"etas must be a pair (etaminus, etaplus), got {etas!r}")
-    minus, plus = _number("etas[0]", etas[0]), _number("etas[1]", etas[1])
+    minus, plus = parts.number("etas[0]", etas[0]), parts.number("etas[1]", etas[1])
     if not 0.0 < minus < 1.0 < plus:
         raise ValueError(
             f"Invalid eta values: {etas[0]}, {etas[1]}; etas must satisfy 0 < etas[0] < 1 < etas[1]"
@@ -67,7 +61,10 @@ def check_step_sizes(step_sizes: Any) -> tuple[float, float]:
     step size to ``max``)."""
     if not isinstance(step_sizes, tuple | list) or len(step_sizes) != 2:
         raise ValueError(f"step_sizes must be a pair (min, max), got {step_sizes!r}")
-    low, high = _number("step_sizes[0]", step_sizes[0]), _number("step_sizes[1]", step_sizes[1])
+    low, high = (
+        parts.number("step_sizes[0]", step_sizes[0]),
+        parts.number("step_sizes[1]", step_sizes[1]),
+    )
     if not 0.0 <= low <= high:
         raise ValueError(
             f"Invalid step_sizes: {step_sizes!r}; need 0 <= step_sizes[0] <= step_sizes[1]"
