@@ -1,4 +1,6 @@
-"""Adam's direction (``scale_by_adam``) and its decoupled-decay form (``scale_by_adamw``)."""
+"""Adam's direction (``scale_by_adam``) and its decoupled-decay form (``scale_by_adamw``), as
+``torch.optim.Adam`` / ``torch.optim.AdamW`` compute them (torch's fused kernels on the fast
+path); the ``adam`` / ``adamw`` compositions are in :mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 

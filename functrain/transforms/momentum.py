@@ -1,4 +1,6 @@
-"""Heavy-ball and Nesterov momentum as torch.optim.SGD computes them (``trace``)."""
+"""Heavy-ball and Nesterov momentum as ``torch.optim.SGD`` computes them (``trace``, with
+torch's fused SGD kernel on the fast path); the ``sgd`` composition is in
+:mod:`functrain.transforms.alias`."""
 
 from __future__ import annotations
 
