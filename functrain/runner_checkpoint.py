@@ -25,6 +25,7 @@ from functrain.checkpoint import (
     atomic_save,
     decode,
     encode,
+    find_latest_checkpoint,
     load_checkpoint,
     restore_state,
     state_to_dict,
@@ -36,16 +37,6 @@ if TYPE_CHECKING:
     from functrain.runner import Runner
 
 __all__ = ["find_latest_checkpoint", "load_weights", "resume", "resume_source", "write"]
-
-
-def find_latest_checkpoint(work_dir: str | os.PathLike[str]) -> str | None:
-    """The path in ``work_dir/last_checkpoint`` (written by the checkpoint callback), if the
-    pointer and the file it names exist."""
-    pointer = Path(work_dir) / "last_checkpoint"
-    if not pointer.is_file():
-        return None
-    target = pointer.read_text().strip()
-    return target if target and Path(target).is_file() else None
 
 
 def phase(events: Sequence[str]) -> str:
