@@ -437,6 +437,16 @@ def _first_mismatch(saved: Any, template: Any, path: str) -> str | None:
     return None
 
 
+def _require_fit(saved: Any, template: Any, name: str, where: str, what: str) -> None:
+    """:class:`CheckpointMismatchError` naming the file and the first path where ``saved``
+    does not fit ``template`` (``what``: ``"model"`` or ``"optimizer"``)."""
+    problem = _first_mismatch(saved, template, name)
+    if problem:
+        raise CheckpointMismatchError(
+            f"checkpoint {where!r} does not match the {what}: {problem}", where
+        )
+
+
 def _placed(saved: Any, template: Any, default: torch.device | None) -> Any:
     """``saved`` with each tensor moved to the device of the matching template tensor, or to
     ``default`` where the template has none (lazily created state, callback state)."""
@@ -497,11 +507,7 @@ def restore_state(
         if not strict:
             got = {k: v for k, v in got.items() if k in want}
             want = {k: v for k, v in want.items() if k in got}
-        problem = _first_mismatch(got, want, name)
-        if problem:
-            raise CheckpointMismatchError(
-                f"checkpoint {where!r} does not match the model: {problem}"
-            )
+        _require_fit(got, want, name, where, "model")
     default = next((t.device for t in template.params.values()), None)
     params = {**template.params, **_placed(params, template.params, default)}
     buffers = {**template.buffers, **_placed(buffers, template.buffers, default)}
@@ -510,14 +516,12 @@ def restore_state(
     if "opt_state" not in saved:
         raise CheckpointError(
             f"checkpoint {where!r} has no optimizer state (saved with save_optimizer=False); "
-            "load it with load_from= instead of resuming"
+            "load it with load_from= instead of resuming (on the command line: "
+            "--cfg-options load_from=PATH)",
+            where,
         )
     opt_state = decode(saved["opt_state"], where)
-    problem = _first_mismatch(opt_state, template.opt_state, "opt_state")
-    if problem:
-        raise CheckpointMismatchError(
-            f"checkpoint {where!r} does not match the optimizer: {problem}"
-        )
+    _require_fit(opt_state, template.opt_state, "opt_state", where, "optimizer")
     rng = decode(saved.get("rng"), where)
     if rng is not None and not isinstance(rng, RngState):
         raise CheckpointError(f"checkpoint {where!r}: bad rng entry ({_describe(rng)})")
