@@ -362,3 +362,19 @@ def test_resume_with_no_checkpoint_says_it_starts_over(tmp_path, capsys):
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "functrain: note: --resume: no checkpoint in" in err and "training from the start" in err
+
+
+def test_schedules_are_checked_when_built_never_per_step(monkeypatch):
+    import functrain.transforms.validation as validation
+
+    calls = []
+    real = validation.first_out_of_range
+    monkeypatch.setattr(validation, "first_out_of_range", lambda *a: calls.append(a[1]) or real(*a))
+    tx = ft.sgd(lr=linear_lr(0.1, start_factor=0.1, end=5), momentum=0.9)
+    built = len(calls)
+    assert built >= 1 and calls[0] == 6  # steps 0..5: constant after the window ends at 5
+    params = {"w": torch.ones(3)}
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = tx.update({"w": torch.ones(3)}, state, params)
+    assert len(calls) == built

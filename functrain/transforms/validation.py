@@ -133,7 +133,10 @@ def first_out_of_range(
         ok = False
     if not ok:  # step by step (slow in Python, so over a bounded prefix)
         n = min(steps, MAX_STEPWISE)
-        values = torch.tensor([float(schedule(i)) for i in range(n)], dtype=torch.float64)
+        try:
+            values = torch.tensor([float(schedule(i)) for i in range(n)], dtype=torch.float64)
+        except Exception:  # neither form evaluates here: the transform reports it when called
+            return None
     values = values.detach().to("cpu", torch.float64)
     inside = values >= valid.low
     inside &= values < valid.high if valid.high_open else values <= valid.high
