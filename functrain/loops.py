@@ -52,6 +52,7 @@ fail at once instead of waiting in a collective (``abort_on_error``).
 from __future__ import annotations
 
 import bisect
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,17 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _warn_nothing_to_train(loop: str, key: str) -> None:
+    # Allowed (a run that only loads and validates, say), but usually a config typo: a run
+    # that "succeeds" without one step must say so.
+    warnings.warn(
+        f"{loop}: {key}=0, so train() runs no training step (no validation, no checkpoint "
+        "of trained weights); set train_cfg." + key + " >= 1 to train",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +190,8 @@ class EpochBasedTrainLoop(_TrainLoop):
             )
         self.dataloader = dataloader
         self.max_epochs = _positive_int("max_epochs", max_epochs, minimum=0)
+        if self.max_epochs == 0:
+            _warn_nothing_to_train("EpochBasedTrainLoop", "max_epochs")
         self.max_iters = self.max_epochs * len(dataloader)  # type: ignore[arg-type]
         self.val_begin = val_begin
         self.val_interval = val_interval
@@ -231,6 +245,8 @@ class IterBasedTrainLoop(_TrainLoop):
     ) -> None:
         self.dataloader = dataloader
         self.max_iters = _positive_int("max_iters", max_iters, minimum=0)
+        if self.max_iters == 0:
+            _warn_nothing_to_train("IterBasedTrainLoop", "max_iters")
         self.max_epochs = 1
         self.val_begin = val_begin
         self.val_interval = val_interval

@@ -50,15 +50,24 @@ __all__ = ["Runner", "default_callbacks", "find_latest_checkpoint"]
 def default_callbacks() -> dict[str, Callback]:
     """mmengine's default hooks as callbacks: ``timer`` (:class:`IterTimer`),
     ``sampler_seed`` (:class:`SamplerSeed`), ``logger`` (:class:`Logger`, interval 10) and
-    ``checkpoint`` (:class:`CheckpointCallback`, interval 1). Schedules live in the optimizer
+    ``checkpoint`` (:class:`CheckpointCallback`, interval 1), plus ``terminate_on_nan``
+    (:class:`TerminateOnNaN`: stop at the first non-finite loss, checked at the logger's
+    interval; ``{"terminate_on_nan": None}`` removes it). Schedules live in the optimizer
     state, so there is no ``param_scheduler`` callback; ``runtime_info`` is the runner itself.
     """
-    from functrain.callbacks import CheckpointCallback, IterTimer, Logger, SamplerSeed
+    from functrain.callbacks import (
+        CheckpointCallback,
+        IterTimer,
+        Logger,
+        SamplerSeed,
+        TerminateOnNaN,
+    )
 
     return {
         "timer": IterTimer(),
         "sampler_seed": SamplerSeed(),
         "logger": Logger(),
+        "terminate_on_nan": TerminateOnNaN(),
         "checkpoint": CheckpointCallback(interval=1),
     }
 

@@ -103,7 +103,14 @@ def test_order_is_priority_then_registration_and_replace_keeps_the_slot():
 
 def test_default_callbacks_first_then_user_ones_and_replacement_by_name(tmp_path):
     runner = make_runner(tmp_path, callbacks=[Tag("mine", "NORMAL")])
-    assert runner.callbacks.names() == ["timer", "sampler_seed", "mine", "logger", "checkpoint"]
+    assert runner.callbacks.names() == [
+        "timer",
+        "sampler_seed",
+        "mine",
+        "logger",
+        "terminate_on_nan",
+        "checkpoint",
+    ]
     custom_logger = Logger(interval=1)
     runner = make_runner(
         tmp_path,
@@ -115,12 +122,19 @@ def test_default_callbacks_first_then_user_ones_and_replacement_by_name(tmp_path
         },
     )
     # the replaced logger keeps the name, the user's callback of equal priority comes after it
-    assert runner.callbacks.names() == ["extra", "sampler_seed", "logger", "mine", "checkpoint"]
+    assert runner.callbacks.names() == [
+        "extra",
+        "sampler_seed",
+        "logger",
+        "mine",
+        "terminate_on_nan",
+        "checkpoint",
+    ]
     assert runner.callbacks.get("logger") is custom_logger
     assert make_runner(tmp_path, default_callbacks=False).callbacks.names() == []
     runner.callbacks.remove("checkpoint")
     runner.callbacks.replace("sampler_seed", SamplerSeed())
-    assert "checkpoint" not in runner.callbacks and len(runner.callbacks) == 4
+    assert "checkpoint" not in runner.callbacks and len(runner.callbacks) == 5
 
 
 def test_callbacks_thread_the_state(tmp_path):

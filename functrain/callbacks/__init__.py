@@ -20,6 +20,7 @@ from functrain.callbacks.plateau import ReduceOnPlateauCallback
 from functrain.callbacks.plot import CurvesPlot, plot_curves
 from functrain.callbacks.progress import ProgressBar
 from functrain.callbacks.sampler import SamplerSeed
+from functrain.callbacks.terminate_on_nan import NonFiniteLossError, TerminateOnNaN
 from functrain.callbacks.timer import IterTimer
 
 __all__ = [
@@ -32,11 +33,13 @@ __all__ = [
     "EarlyStopping",
     "IterTimer",
     "Logger",
+    "NonFiniteLossError",
     "Priority",
     "ProgressBar",
     "ReduceOnPlateauCallback",
     "SamplerSeed",
     "ScalarHistory",
+    "TerminateOnNaN",
     "get_priority",
     "infer_rule",
     "plot_curves",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from functrain.callbacks.base import Callback
+from functrain.data_position import set_sampler_epoch
 
 __all__ = ["SamplerSeed"]
 
@@ -19,11 +20,5 @@ class SamplerSeed(Callback):
     priority = "NORMAL"
 
     def before_train_epoch(self, runner: Any, state: Any) -> None:
-        loader = runner.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if sampler is not None and hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(runner.epoch)
-            return
-        inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
-        if inner is not None and hasattr(inner, "set_epoch"):
-            inner.set_epoch(runner.epoch)
+        """``set_epoch(runner.epoch)`` on the training sampler."""
+        set_sampler_epoch(runner.train_dataloader, runner.epoch)

@@ -93,6 +93,7 @@ def _register_builtins() -> None:
         ("LoggerHook", "Logger"): cb.Logger,
         ("CheckpointHook", "CheckpointCallback"): cb.CheckpointCallback,
         ("DistSamplerSeedHook", "SamplerSeed"): cb.SamplerSeed,
+        ("TerminateOnNaNHook", "TerminateOnNaN"): cb.TerminateOnNaN,
         ("EMAHook",): Lazy("functrain.config.hooks:ema_hook"),
         ("EMA",): cb.EMA,
         ("EarlyStoppingHook", "EarlyStopping"): cb.EarlyStopping,
