@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.functrain-installed
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup demo test test-kernels test-kernels-avx2 test-kernels-default bench lint format clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,26 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The exactness-heavy modules again with the CPU kernels of other x86-64 machines, so that an
+# assertion that only holds with this machine's kernels fails here too (README, Exactness):
+# torch's own kernels (ATEN_CPU_CAPABILITY), MKL's (matmul) and oneDNN's (convolutions)
+# restricted alike, to AVX2 and to the pre-AVX baseline. One thread, as the tensors are small.
+# `make -k test-kernels` runs both even when the first fails (what .ci/run does).
+KERNEL_TESTS := tests/test_parity_torch.py tests/test_config_mmengine.py \
+	tests/test_loop_mmengine.py tests/test_optim_lbfgs.py tests/test_loop_amp.py \
+	tests/test_loop_resume.py tests/test_optimizers_torch.py tests/test_schedules_mmengine.py \
+	tests/test_torch_optimizer.py tests/test_loop_step.py tests/test_loss_scaling.py \
+	tests/test_accumulation.py
+KERNEL_PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
+
+test-kernels: test-kernels-avx2 test-kernels-default
+
+test-kernels-avx2: $(STAMP)
+	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 $(KERNEL_PYTEST)
+
+test-kernels-default: $(STAMP)
+	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 $(KERNEL_PYTEST)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -16,6 +17,19 @@ settings.register_profile(
 # CI draws the same examples on every run, so a red run can be reproduced.
 settings.register_profile("ci", parent=settings.get_profile("default"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+# Environment variables that choose CPU kernels (`make test-kernels` sets them).
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The CPU kernels this run uses: where a result may depend on them, a report says which."""
+    chosen = ", ".join(f"{k}={os.environ[k]}" for k in KERNEL_VARIABLES if k in os.environ)
+    return (
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        + (f" ({chosen})" if chosen else "")
+    )
+
 
 SHAPES = {
     "scalar": (),
