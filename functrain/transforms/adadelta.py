@@ -17,7 +17,6 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -95,7 +94,7 @@ def scale_by_adadelta(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByAdadeltaState]:
-        check_state_paths("scale_by_adadelta", state.paths, info)
+        parts.check_state_paths("scale_by_adadelta", state.paths, info)
         donate = info.donate
 
         def group(g: list[Tensor], v: list[Tensor], a: list[Tensor]) -> tuple[list[Tensor], ...]:
@@ -120,7 +119,7 @@ def scale_by_adadelta(
         **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByAdadeltaState]:
         """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
-        check_state_paths("scale_by_adadelta", state.paths, info)
+        parts.check_state_paths("scale_by_adadelta", state.paths, info)
         donate = info.donate
         count = parts.increment(state.count, donate)
 

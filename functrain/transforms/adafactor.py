@@ -39,7 +39,6 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, initial_value, value_at
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.scaling import LearningRateState
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
@@ -156,7 +155,7 @@ def scale_by_factored_rms(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], FactoredRmsState]:
-        check_state_paths("scale_by_factored_rms", state.paths, info)
+        parts.check_state_paths("scale_by_factored_rms", state.paths, info)
         donate = info.donate
         count = state.count.add_(1) if donate else state.count + 1
         # torch: one_minus_beta2_t = step ** beta2_decay, in double.

@@ -19,7 +19,6 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel, group_value
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo, foreach_clone
 
@@ -78,7 +77,7 @@ def scale_by_adagrad(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByAdagradState]:
-        check_state_paths("scale_by_adagrad", state.paths, info)
+        parts.check_state_paths("scale_by_adagrad", state.paths, info)
         donate = info.donate
 
         def group(g: list[Tensor], s: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -103,7 +102,7 @@ def scale_by_adagrad(
         decoupled: bool,
         grad_scale: Tensor | None = None,
     ) -> tuple[list[Tensor], ScaleByAdagradState]:
-        check_state_paths("scale_by_adagrad", state.paths, info)
+        parts.check_state_paths("scale_by_adagrad", state.paths, info)
         count = parts.increment(state.count, info.donate)
         sums = list(state.sum_of_squares)
         if not info.donate:

@@ -18,7 +18,6 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -92,7 +91,7 @@ def scale_by_adamax(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByAdamaxState]:
-        check_state_paths("scale_by_adamax", state.paths, info)
+        parts.check_state_paths("scale_by_adamax", state.paths, info)
         donate = info.donate
         count = parts.increment(state.count, donate)
         bc1 = bias_correction(count)
@@ -116,7 +115,7 @@ def scale_by_adamax(
         **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByAdamaxState]:
         """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
-        check_state_paths("scale_by_adamax", state.paths, info)
+        parts.check_state_paths("scale_by_adamax", state.paths, info)
         donate = info.donate
         count = parts.increment(state.count, donate)
         step_size = -lr / bias_correction(count)

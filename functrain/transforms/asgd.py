@@ -21,7 +21,6 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten, foreach_clone
 
@@ -134,7 +133,7 @@ def scale_by_asgd(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByAsgdState]:
-        check_state_paths("scale_by_asgd", state.paths, info)
+        parts.check_state_paths("scale_by_asgd", state.paths, info)
         params = parts.require_params("scale_by_asgd", params)
         donate = info.donate
         eta = state.eta.to(torch.float64)
@@ -163,7 +162,7 @@ def scale_by_asgd(
         **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByAsgdState]:
         """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
-        check_state_paths("scale_by_asgd", state.paths, info)
+        parts.check_state_paths("scale_by_asgd", state.paths, info)
         if not (isinstance(lr, float) and lr == -1.0):
             # Something scales the update after this transform: no shortcut for that.
             return _scaled_step(update, params, grads, state, info, -lr, **prologue)
@@ -264,7 +263,7 @@ def asgd_averaged_params(state: Any, params: PyTree) -> PyTree:
             f"{len(found)}"
         )
     _, info = flatten(params)
-    check_state_paths("asgd_averaged_params", found[0].paths, info)
+    parts.check_state_paths("asgd_averaged_params", found[0].paths, info)
     return optree.tree_unflatten(
         optree.tree_structure(params, namespace=NAMESPACE), list(found[0].ax)
     )

@@ -26,7 +26,6 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_betas
 from functrain.tree import TreeInfo
 
@@ -82,7 +81,7 @@ def scale_by_lion(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByLionState]:
-        check_state_paths("scale_by_lion", state.paths, info)
+        parts.check_state_paths("scale_by_lion", state.paths, info)
         donate = info.donate
 
         def group(g: list[Tensor], m: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:

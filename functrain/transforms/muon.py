@@ -38,7 +38,6 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_momentum, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -196,7 +195,7 @@ def scale_by_muon(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], MuonState]:
-        check_state_paths("scale_by_muon", state.paths, info)
+        parts.check_state_paths("scale_by_muon", state.paths, info)
         donate = info.donate
         mom = value_at(momentum, state.count)
 

@@ -19,7 +19,6 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -117,7 +116,7 @@ def scale_by_nadam(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByNadamState]:
-        check_state_paths("scale_by_nadam", state.paths, info)
+        parts.check_state_paths("scale_by_nadam", state.paths, info)
         donate = info.donate
         count, mu_product, bc2, mu, mu_next, product = scalars(state, donate)
         coef_grad = (1.0 - mu) / (1.0 - product)
@@ -143,7 +142,7 @@ def scale_by_nadam(
         **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByNadamState]:
         """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
-        check_state_paths("scale_by_nadam", state.paths, info)
+        parts.check_state_paths("scale_by_nadam", state.paths, info)
         donate = info.donate
         count, mu_product, bc2, mu, mu_next, product = scalars(state, donate)
         # torch's step sizes, in its order of operations.

@@ -18,7 +18,6 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -113,7 +112,7 @@ def scale_by_radam(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByRadamState]:
-        check_state_paths("scale_by_radam", state.paths, info)
+        parts.check_state_paths("scale_by_radam", state.paths, info)
         donate = info.donate
         count = parts.increment(state.count, donate)
         bc1, on, scale_num = scalars(count)
@@ -139,7 +138,7 @@ def scale_by_radam(
         **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByRadamState]:
         """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
-        check_state_paths("scale_by_radam", state.paths, info)
+        parts.check_state_paths("scale_by_radam", state.paths, info)
         donate = info.donate
         count = parts.increment(state.count, donate)
         bc1, on, scale_num = scalars(count)

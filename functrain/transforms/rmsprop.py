@@ -17,7 +17,6 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -92,7 +91,7 @@ def scale_by_rms(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByRmsState]:
-        check_state_paths("scale_by_rms", state.paths, info)
+        parts.check_state_paths("scale_by_rms", state.paths, info)
         donate = info.donate
 
         def group(g: list[Tensor], v: list[Tensor], *m: list[Tensor]) -> tuple[list[Tensor], ...]:
@@ -118,7 +117,7 @@ def scale_by_rms(
         **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByRmsState]:
         """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
-        check_state_paths("scale_by_rms", state.paths, info)
+        parts.check_state_paths("scale_by_rms", state.paths, info)
         donate = info.donate
         count = parts.increment(state.count, donate)
 

@@ -19,7 +19,6 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.kernel_specs import Kernel
-from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 
@@ -148,7 +147,7 @@ def scale_by_rprop(
         info: TreeInfo,
         **extra: Any,
     ) -> tuple[list[Tensor], ScaleByRpropState]:
-        check_state_paths("scale_by_rprop", state.paths, info)
+        parts.check_state_paths("scale_by_rprop", state.paths, info)
         donate = info.donate
 
         def group(
@@ -174,7 +173,7 @@ def scale_by_rprop(
         **prologue: Any,
     ) -> tuple[list[Tensor], ScaleByRpropState]:
         """The one-pass step (see :mod:`~functrain.transforms.optim_parts`)."""
-        check_state_paths("scale_by_rprop", state.paths, info)
+        parts.check_state_paths("scale_by_rprop", state.paths, info)
         donate = info.donate
         count = parts.increment(state.count, donate)
 
