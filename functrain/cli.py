@@ -52,6 +52,18 @@ def _train(args: argparse.Namespace) -> int:
         resume = True
     elif args.resume is not None:
         resume, load_from = args.resume, args.resume
+    auto_resume = resume is True and cfg.get("load_from") is None
+    pointer = Path(work_dir) / "last_checkpoint"
+    if auto_resume and pointer.is_file() and find_latest_checkpoint(work_dir) is None:
+        # The pointer names a file that is gone (a work dir copied from another machine, a
+        # checkpoint deleted by hand): starting over would be a silent surprise; mmengine fails
+        # here too, with a traceback.
+        target = pointer.read_text().strip()
+        missing = CheckpointError(
+            f"--resume: {pointer} names {target!r}, which does not exist (moved or deleted?)",
+            target,
+        )
+        raise _with_fallback(missing, work_dir, resuming=True)
     built = build_runner(
         cfg,
         work_dir=work_dir,
@@ -61,12 +73,12 @@ def _train(args: argparse.Namespace) -> int:
         launcher=args.launcher,
     )
     runner = built.runner
-    if resume is True and find_latest_checkpoint(work_dir) is None and is_main_process():
+    if auto_resume and not pointer.is_file() and is_main_process():
         # Not an error (a preemptible job restarts with --resume from the start), but a
         # mistyped --work-dir would otherwise silently train from scratch.
         print(
-            f"functrain: note: --resume: no checkpoint in {work_dir} yet "
-            f"({Path(work_dir) / 'last_checkpoint'} is missing); training from the start",
+            f"functrain: note: --resume: no checkpoint in {work_dir} yet (no {pointer}); "
+            "training from the start",
             file=sys.stderr,
         )
     try:

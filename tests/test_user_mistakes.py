@@ -378,3 +378,17 @@ def test_schedules_are_checked_when_built_never_per_step(monkeypatch):
     for _ in range(3):
         _, state = tx.update({"w": torch.ones(3)}, state, params)
     assert len(calls) == built
+
+
+def test_resume_pointer_to_a_missing_file_is_an_error_not_a_fresh_start(trained, tmp_path, capsys):
+    """A work dir copied from another machine: last_checkpoint holds a path that is not here.
+    functrain used to train from scratch without a word."""
+    shutil.copy(trained / "config.py", tmp_path / "config.py")
+    config, work = copy_run(trained, tmp_path)
+    (work / "last_checkpoint").write_text("/elsewhere/work/epoch_2.pth")
+    capsys.readouterr()
+    argv = ["train", str(config), "--work-dir", str(work), "--device", "cpu", "--resume"]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "names '/elsewhere/work/epoch_2.pth', which does not exist" in line
+    assert f"--resume {work / 'epoch_2.pth'}" in line
