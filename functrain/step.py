@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -36,6 +36,9 @@ from functrain.state import TrainState
 from functrain.transforms.base import GradientTransformation
 from functrain.transforms.fused_step import apply_gradients
 from functrain.transforms.loss_scaling import find_loss_scale_state
+
+if TYPE_CHECKING:
+    from functrain.distributed.grad_buckets import GradientBuckets
 
 __all__ = ["make_eval_step", "make_train_step"]
 
@@ -144,7 +147,56 @@ def make_train_step(
         >>> state, metrics = step(state, (x, y))  # doctest: +SKIP
     """
 
-    def compute(
+    if grad not in ("func", "autograd"):
+        raise ValueError(f"grad must be 'func' or 'autograd', got {grad!r}")
+    loss = _loss_of(model, loss_fn, autocast)
+    average = _data_parallel_averaging(tx, grad, distributed, bucket_cap_mb, process_group)
+    # The gradient function: torch.func's or autograd's, with the all-reduce of data
+    # parallelism either overlapped with backward (buckets) or after it (a wrapper).
+    if average is not None and bucket_cap_mb is not None:
+        from functrain.distributed.data_parallel import GradientBuckets
+
+        buckets = GradientBuckets(bucket_cap_mb, process_group)
+        gradients = _autograd_gradients(loss, buckets)
+    else:
+        gradients = _func_gradients(loss) if grad == "func" else _autograd_gradients(loss)
+        if average is not None:
+            gradients = _averaged(gradients, average)
+    loss_scale = _loss_scale_reader()
+
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Tensor]]:
+        if not model.training:
+            model.train()
+        buffers = state.buffers if donate else {k: b.clone() for k, b in state.buffers.items()}
+        grads, (value, aux) = gradients(
+            state.params, buffers, batch, _device_type(state), loss_scale(state.opt_state)
+        )
+        params, opt_state = apply_gradients(
+            tx, state.params, grads, state.opt_state, donate=donate, fused=fused
+        )
+        metrics = {"loss": value.detach(), **aux}
+        return state.replace(params=params, buffers=buffers, opt_state=opt_state), metrics
+
+    return train_step
+
+
+#: ``loss(params, buffers, batch, device_type, scale) -> (scaled loss, (loss, aux))``.
+ScaledLoss = Callable[
+    [dict[str, Tensor], dict[str, Tensor], Any, str, Tensor | None],
+    tuple[Tensor, tuple[Tensor, dict[str, Tensor]]],
+]
+#: ``gradients(params, buffers, batch, device_type, scale) -> (grads, (loss, aux))``.
+Gradients = Callable[
+    [dict[str, Tensor], dict[str, Tensor], Any, str, Tensor | None],
+    tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]],
+]
+
+
+def _loss_of(model: torch.nn.Module, loss_fn: LossFn, autocast: torch.dtype | None) -> ScaledLoss:
+    """``loss_fn`` on the module run with the given tensors; the loss times ``scale`` (the
+    loss_scaling transform's, else the loss itself) is what gets differentiated."""
+
+    def loss(
         params: dict[str, Tensor],
         buffers: dict[str, Tensor],
         batch: Any,
@@ -155,28 +207,38 @@ def make_train_step(
             return functional_call(model, (params, buffers), args, kwargs)
 
         with _autocast(autocast, device_type):
-            loss, aux = _split_loss(loss_fn(forward, batch))
+            value, aux = _split_loss(loss_fn(forward, batch))
         # With a loss_scaling transform the gradients are those of loss * scale, which the
         # transform unscales (as GradScaler's scaler.scale(loss).backward()).
-        scaled = loss if scale is None else loss * scale.to(loss.device)
-        return scaled, (loss.detach(), aux)
+        scaled = value if scale is None else value * scale.to(value.device)
+        return scaled, (value.detach(), aux)
 
-    if grad not in ("func", "autograd"):
-        raise ValueError(f"grad must be 'func' or 'autograd', got {grad!r}")
+    return loss
 
-    def func_grad(
+
+def _func_gradients(loss: ScaledLoss) -> Gradients:
+    """Gradients by ``torch.func.grad_and_value`` (composes with other torch.func transforms)."""
+    grad_and_loss = grad_and_value(loss, has_aux=True)
+
+    def gradients(
         params: dict[str, Tensor],
         buffers: dict[str, Tensor],
         batch: Any,
         device_type: str,
         scale: Tensor | None,
     ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
-        grads, (_, out) = grad_and_value(compute, has_aux=True)(
-            params, buffers, batch, device_type, scale
-        )
+        grads, (_, out) = grad_and_loss(params, buffers, batch, device_type, scale)
         return grads, out
 
-    def autograd_grad(
+    return gradients
+
+
+def _autograd_gradients(loss: ScaledLoss, buckets: GradientBuckets | None = None) -> Gradients:
+    """Gradients by ``torch.autograd.grad`` on detached leaves; with ``buckets`` (a
+    :class:`~functrain.distributed.data_parallel.GradientBuckets`) each bucket is all-reduced
+    as backward fills it, and the averaged gradients are returned."""
+
+    def gradients(
         params: dict[str, Tensor],
         buffers: dict[str, Tensor],
         batch: Any,
@@ -185,53 +247,56 @@ def make_train_step(
     ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
-            scaled, (loss, aux) = compute(leaves, buffers, batch, device_type, scale)
-            if buckets is not None:  # all-reduce each bucket as backward fills it
+            scaled, out = loss(leaves, buffers, batch, device_type, scale)
+            if buckets is not None:
                 buckets.attach(list(leaves.values()))
             grads = torch.autograd.grad(scaled, list(leaves.values()), allow_unused=True)
         if buckets is not None:
-            return dict(zip(leaves, buckets.finish(grads), strict=True)), (loss, aux)
-        out = {
+            return dict(zip(leaves, buckets.finish(grads), strict=True)), out
+        # A parameter the loss does not use gets a zero gradient (torch.func's convention).
+        filled = {
             k: g if g is not None else torch.zeros_like(params[k])
             for k, g in zip(leaves, grads, strict=True)
         }
-        return out, (loss, aux)
+        return filled, out
 
-    uses_loss_scaling: list[bool] = []  # decided on the first step: the state's structure
+    return gradients
 
-    def loss_scale(opt_state: Any) -> Tensor | None:
-        if not uses_loss_scaling:
+
+def _averaged(
+    gradients: Gradients, average: Callable[[dict[str, Tensor]], dict[str, Tensor]]
+) -> Gradients:
+    """``gradients`` followed by ``average`` (the all-reduce after backward)."""
+
+    def averaged(
+        params: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        batch: Any,
+        device_type: str,
+        scale: Tensor | None,
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
+        grads, out = gradients(params, buffers, batch, device_type, scale)
+        return average(grads), out
+
+    return averaged
+
+
+def _loss_scale_reader() -> Callable[[Any], Tensor | None]:
+    """``read(opt_state)``: the loss_scaling transform's scale, or ``None`` without one
+    (whether there is one is decided once, on the first step: the state's structure)."""
+    found: bool | None = None
+
+    def read(opt_state: Any) -> Tensor | None:
+        nonlocal found
+        if found is None:
             try:
                 find_loss_scale_state(opt_state)
-                uses_loss_scaling.append(True)
+                found = True
             except ValueError:
-                uses_loss_scaling.append(False)
-        return find_loss_scale_state(opt_state).scale if uses_loss_scaling[0] else None
+                found = False
+        return find_loss_scale_state(opt_state).scale if found else None
 
-    grad_fn = func_grad if grad == "func" else autograd_grad
-    average = _data_parallel_averaging(tx, grad, distributed, bucket_cap_mb, process_group)
-    buckets = None
-    if average is not None and bucket_cap_mb is not None:
-        from functrain.distributed.data_parallel import GradientBuckets
-
-        buckets, average = GradientBuckets(bucket_cap_mb, process_group), None
-
-    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Tensor]]:
-        if not model.training:
-            model.train()
-        buffers = state.buffers if donate else {k: b.clone() for k, b in state.buffers.items()}
-        grads, (loss, aux) = grad_fn(
-            state.params, buffers, batch, _device_type(state), loss_scale(state.opt_state)
-        )
-        if average is not None:
-            grads = average(grads)
-        params, opt_state = apply_gradients(
-            tx, state.params, grads, state.opt_state, donate=donate, fused=fused
-        )
-        metrics = {"loss": loss.detach(), **aux}
-        return state.replace(params=params, buffers=buffers, opt_state=opt_state), metrics
-
-    return train_step
+    return read
 
 
 def _data_parallel_averaging(
