@@ -2,25 +2,10 @@
 
 The :class:`~functrain.runner.Runner` that drives them lives in :mod:`functrain.runner` (and is
 importable from here); evaluators in :mod:`functrain.evaluators`; where the data stands for
-resuming in :mod:`functrain.data_position`.
+resuming in :mod:`functrain.data_position`; :mod:`functrain.runner` shows them used together.
 
-::
-
-    runner = Runner(
-        state=TrainState.create(model, tx),
-        train_step=make_train_step(model, loss_fn, tx),
-        train_loop=EpochBasedTrainLoop(train_loader, max_epochs=12, val_interval=5,
-                                       dynamic_intervals=[(11, 2)]),
-        val_loop=ValLoop(val_loader, make_eval_step(model, metrics_fn)),
-        callbacks=[EarlyStopping(monitor="acc")],
-        work_dir="work_dirs/exp1",
-    )
-    state = runner.train()          # validates after epochs 5, 10, 12
-
-The runner holds the current :class:`~functrain.state.TrainState` and replaces it after each
-step and after every callback that returns one. The order of events, the counters the
-callbacks see (``runner.iter`` is the index of the running iteration in
-``before/after_train_iter``; ``runner.epoch`` is not yet incremented in
+The order of events, the counters the callbacks see (``runner.iter`` is the index of the
+running iteration in ``before/after_train_iter``; ``runner.epoch`` is not yet incremented in
 ``after_train_epoch``), when validation runs (``val_begin``, ``val_interval``, after the last
 epoch always, ``dynamic_intervals`` by mmengine's bisect rule) and how early stopping finishes
 the current epoch and its validation are those of mmengine 0.10.7's ``Runner``,
@@ -39,7 +24,9 @@ Differences from mmengine, on purpose:
   so it holds their updates (mmengine writes it inside the checkpoint hook);
 - validation and test run with the random generators saved and restored around them, so that
   how often one validates does not change the training run's random stream;
-- the iteration-based loop does not sleep 2 s when it restarts its data iterator.
+- the iteration-based loop does not sleep 2 s when it restarts its data iterator;
+- a non-finite loss stops the run (the default ``terminate_on_nan`` callback,
+  :class:`~functrain.callbacks.TerminateOnNaN`), and ``max_epochs=0`` / ``max_iters=0`` warn.
 
 Under ``torch.distributed`` (see :mod:`functrain.distributed.comm`) every rank runs the same
 runner; only rank 0 writes (text log, JSON scalars, TensorBoard, progress bar, plots,
@@ -101,17 +88,6 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def _warn_nothing_to_train(loop: str, key: str) -> None:
-    # Allowed (a run that only loads and validates, say), but usually a config typo: a run
-    # that "succeeds" without one step must say so.
-    warnings.warn(
-        f"{loop}: {key}=0, so train() runs no training step (no validation, no checkpoint "
-        "of trained weights); set train_cfg." + key + " >= 1 to train",
-        UserWarning,
-        stacklevel=3,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Train loops
 
@@ -126,6 +102,37 @@ class _TrainLoop:
     dynamic_milestones: list[int]
     dynamic_intervals: list[int]
     by_epoch: bool
+
+    def _setup(
+        self,
+        dataloader: Iterable[Any],
+        key: str,
+        maximum: int,
+        val_begin: int,
+        val_interval: int,
+        dynamic_intervals: Sequence[tuple[int, int]] | None,
+    ) -> int:
+        """What both loops set up: the data, the validation schedule; returns ``maximum``
+        (``max_epochs`` or ``max_iters``, called ``key``) checked."""
+        self.dataloader = dataloader
+        maximum = _positive_int(key, maximum, minimum=0)
+        if maximum == 0:
+            # Allowed (a run that only loads and validates, say), but usually a config typo:
+            # a run that "succeeds" without one step must say so.
+            warnings.warn(
+                f"{type(self).__name__}: {key}=0, so train() runs no training step (no "
+                f"validation, no checkpoint of trained weights); set train_cfg.{key} >= 1 "
+                "to train",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.val_begin = val_begin
+        self.val_interval = val_interval
+        self.stop_training = False
+        self.dynamic_milestones, self.dynamic_intervals = calc_dynamic_intervals(
+            val_interval, dynamic_intervals
+        )
+        return maximum
 
     def _run_iter(self, runner: Runner, batch_idx: int, data_batch: Any) -> None:
         runner.call("before_train_iter", batch_idx=batch_idx, data_batch=data_batch)
@@ -188,17 +195,10 @@ class EpochBasedTrainLoop(_TrainLoop):
                 "EpochBasedTrainLoop: the dataloader's sampler is an InfiniteSampler, whose "
                 "epochs never end; use IterBasedTrainLoop with it, or DefaultSampler here"
             )
-        self.dataloader = dataloader
-        self.max_epochs = _positive_int("max_epochs", max_epochs, minimum=0)
-        if self.max_epochs == 0:
-            _warn_nothing_to_train("EpochBasedTrainLoop", "max_epochs")
-        self.max_iters = self.max_epochs * len(dataloader)  # type: ignore[arg-type]
-        self.val_begin = val_begin
-        self.val_interval = val_interval
-        self.stop_training = False
-        self.dynamic_milestones, self.dynamic_intervals = calc_dynamic_intervals(
-            val_interval, dynamic_intervals
+        self.max_epochs = self._setup(
+            dataloader, "max_epochs", max_epochs, val_begin, val_interval, dynamic_intervals
         )
+        self.max_iters = self.max_epochs * len(dataloader)  # type: ignore[arg-type]
 
     def run(self, runner: Runner) -> TrainState:
         runner.call("before_train")
@@ -243,17 +243,10 @@ class IterBasedTrainLoop(_TrainLoop):
         val_interval: int = 1000,
         dynamic_intervals: Sequence[tuple[int, int]] | None = None,
     ) -> None:
-        self.dataloader = dataloader
-        self.max_iters = _positive_int("max_iters", max_iters, minimum=0)
-        if self.max_iters == 0:
-            _warn_nothing_to_train("IterBasedTrainLoop", "max_iters")
-        self.max_epochs = 1
-        self.val_begin = val_begin
-        self.val_interval = val_interval
-        self.stop_training = False
-        self.dynamic_milestones, self.dynamic_intervals = calc_dynamic_intervals(
-            val_interval, dynamic_intervals
+        self.max_iters = self._setup(
+            dataloader, "max_iters", max_iters, val_begin, val_interval, dynamic_intervals
         )
+        self.max_epochs = 1
 
     def run(self, runner: Runner) -> TrainState:
         runner.call("before_train")

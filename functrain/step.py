@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -168,9 +168,8 @@ def make_train_step(
         if not model.training:
             model.train()
         buffers = state.buffers if donate else {k: b.clone() for k, b in state.buffers.items()}
-        grads, (value, aux) = gradients(
-            state.params, buffers, batch, _device_type(state), loss_scale(state.opt_state)
-        )
+        inputs = StepInputs(buffers, batch, _device_type(state), loss_scale(state.opt_state))
+        grads, (value, aux) = gradients(state.params, inputs)
         params, opt_state = apply_gradients(
             tx, state.params, grads, state.opt_state, donate=donate, fused=fused
         )
@@ -180,36 +179,36 @@ def make_train_step(
     return train_step
 
 
-#: ``loss(params, buffers, batch, device_type, scale) -> (scaled loss, (loss, aux))``.
-ScaledLoss = Callable[
-    [dict[str, Tensor], dict[str, Tensor], Any, str, Tensor | None],
-    tuple[Tensor, tuple[Tensor, dict[str, Tensor]]],
-]
-#: ``gradients(params, buffers, batch, device_type, scale) -> (grads, (loss, aux))``.
-Gradients = Callable[
-    [dict[str, Tensor], dict[str, Tensor], Any, str, Tensor | None],
-    tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]],
-]
+class StepInputs(NamedTuple):
+    """What a step's loss needs besides the params (which gradients are taken of)."""
+
+    buffers: dict[str, Tensor]
+    batch: Any
+    device_type: str
+    scale: Tensor | None  # the loss_scaling transform's scale, or None
+
+
+Grads = dict[str, Tensor]
+LossAndAux = tuple[Tensor, dict[str, Tensor]]
+#: ``loss(params, inputs) -> (loss to differentiate, (loss, aux))``.
+ScaledLoss = Callable[[dict[str, Tensor], StepInputs], tuple[Tensor, LossAndAux]]
+#: ``gradients(params, inputs) -> (grads, (loss, aux))``.
+Gradients = Callable[[dict[str, Tensor], StepInputs], tuple[Grads, LossAndAux]]
 
 
 def _loss_of(model: torch.nn.Module, loss_fn: LossFn, autocast: torch.dtype | None) -> ScaledLoss:
     """``loss_fn`` on the module run with the given tensors; the loss times ``scale`` (the
     loss_scaling transform's, else the loss itself) is what gets differentiated."""
 
-    def loss(
-        params: dict[str, Tensor],
-        buffers: dict[str, Tensor],
-        batch: Any,
-        device_type: str,
-        scale: Tensor | None,
-    ) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
+    def loss(params: dict[str, Tensor], inputs: StepInputs) -> tuple[Tensor, LossAndAux]:
         def forward(*args: Any, **kwargs: Any) -> Any:
-            return functional_call(model, (params, buffers), args, kwargs)
+            return functional_call(model, (params, inputs.buffers), args, kwargs)
 
-        with _autocast(autocast, device_type):
-            value, aux = _split_loss(loss_fn(forward, batch))
+        with _autocast(autocast, inputs.device_type):
+            value, aux = _split_loss(loss_fn(forward, inputs.batch))
         # With a loss_scaling transform the gradients are those of loss * scale, which the
         # transform unscales (as GradScaler's scaler.scale(loss).backward()).
+        scale = inputs.scale
         scaled = value if scale is None else value * scale.to(value.device)
         return scaled, (value.detach(), aux)
 
@@ -220,14 +219,8 @@ def _func_gradients(loss: ScaledLoss) -> Gradients:
     """Gradients by ``torch.func.grad_and_value`` (composes with other torch.func transforms)."""
     grad_and_loss = grad_and_value(loss, has_aux=True)
 
-    def gradients(
-        params: dict[str, Tensor],
-        buffers: dict[str, Tensor],
-        batch: Any,
-        device_type: str,
-        scale: Tensor | None,
-    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
-        grads, (_, out) = grad_and_loss(params, buffers, batch, device_type, scale)
+    def gradients(params: dict[str, Tensor], inputs: StepInputs) -> tuple[Grads, LossAndAux]:
+        grads, (_, out) = grad_and_loss(params, inputs)
         return grads, out
 
     return gradients
@@ -238,16 +231,10 @@ def _autograd_gradients(loss: ScaledLoss, buckets: GradientBuckets | None = None
     :class:`~functrain.distributed.data_parallel.GradientBuckets`) each bucket is all-reduced
     as backward fills it, and the averaged gradients are returned."""
 
-    def gradients(
-        params: dict[str, Tensor],
-        buffers: dict[str, Tensor],
-        batch: Any,
-        device_type: str,
-        scale: Tensor | None,
-    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
+    def gradients(params: dict[str, Tensor], inputs: StepInputs) -> tuple[Grads, LossAndAux]:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
-            scaled, out = loss(leaves, buffers, batch, device_type, scale)
+            scaled, out = loss(leaves, inputs)
             if buckets is not None:
                 buckets.attach(list(leaves.values()))
             grads = torch.autograd.grad(scaled, list(leaves.values()), allow_unused=True)
@@ -263,19 +250,11 @@ def _autograd_gradients(loss: ScaledLoss, buckets: GradientBuckets | None = None
     return gradients
 
 
-def _averaged(
-    gradients: Gradients, average: Callable[[dict[str, Tensor]], dict[str, Tensor]]
-) -> Gradients:
+def _averaged(gradients: Gradients, average: Callable[[Grads], Grads]) -> Gradients:
     """``gradients`` followed by ``average`` (the all-reduce after backward)."""
 
-    def averaged(
-        params: dict[str, Tensor],
-        buffers: dict[str, Tensor],
-        batch: Any,
-        device_type: str,
-        scale: Tensor | None,
-    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor]]]:
-        grads, out = gradients(params, buffers, batch, device_type, scale)
+    def averaged(params: dict[str, Tensor], inputs: StepInputs) -> tuple[Grads, LossAndAux]:
+        grads, out = gradients(params, inputs)
         return average(grads), out
 
     return averaged

@@ -22,14 +22,6 @@ from functrain.step import make_train_step
 BAD = 13  # runner.iter whose batch holds a nan
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def loss_fn(forward, batch):
     x, y = batch
     return torch.nn.functional.cross_entropy(forward(x), y)
