@@ -172,3 +172,88 @@ def test_scheduled_hyperparameters_refuse_fused_and_validate():
         ft.adam(betas=(0.9, cosine_annealing_lr(0.9, T_max=10)))
     with pytest.raises(ValueError, match="weight_decay"):
         ft.adamw(weight_decay=-1.0)
+
+
+# -- ReduceOnPlateauCallback writes only what the transform reads back ----------------------
+
+
+class _Logs:
+    def info(self, message):
+        pass
+
+
+def _plateau_runner():
+    import types
+
+    return types.SimpleNamespace(logger=_Logs())
+
+
+def _plateau_state(tx):
+    from functrain.state import TrainState
+
+    torch.manual_seed(0)
+    return TrainState.create(torch.nn.Linear(2, 1), tx)
+
+
+@pytest.mark.parametrize(
+    "tx, record",
+    [
+        (lambda: ft.sgd(lr=0.1, momentum=0.9), "TraceState.momentum"),
+        (lambda: ft.adam(lr=0.1), "ScaleByAdamState.b1"),
+    ],
+)
+def test_plateau_refuses_a_momentum_the_transform_does_not_read(tx, record):
+    """Before the fix the callback wrote TraceState.momentum / ScaleByAdamState.b1, which
+    trace / scale_by_adam never read (they close over the number): a silent no-op. It now
+    refuses before training, as set_hyperparam refuses the same write."""
+    from functrain.callbacks import ReduceOnPlateauCallback
+    from functrain.schedules import ReduceOnPlateau
+
+    callback = ReduceOnPlateauCallback(ReduceOnPlateau(monitor="loss"), param="momentum")
+    state = _plateau_state(tx())
+    with pytest.raises(ValueError, match=rf"{record}\) is recorded for logging only"):
+        callback.before_train(_plateau_runner(), state)
+    with pytest.raises(ValueError, match="recorded for logging only"):
+        ft.set_hyperparam(state.opt_state, "momentum", 0.5)
+
+
+def test_plateau_momentum_write_would_not_change_sgd():
+    """Why the refusal: writing TraceState.momentum leaves SGD's next step bitwise the same
+    (the same kernels on the same inputs), so a plateau that "changed" it changed nothing."""
+    from functrain.transforms.momentum import TraceState
+    from functrain.transforms.state_path import find, replace
+
+    tx = ft.sgd(lr=0.1, momentum=0.9)
+    params = {"w": torch.randn(5, generator=torch.Generator().manual_seed(1))}
+    grads = [{"w": torch.randn(5, generator=torch.Generator().manual_seed(s))} for s in (2, 3)]
+    state = tx.init(params)
+    updates, state = tx.update(grads[0], state, params)
+    [path] = find(state, TraceState)
+    path += (("attr", "momentum"),)
+    written = replace(state, path, torch.tensor(0.1, dtype=torch.float64))
+    same, _ = tx.update(grads[1], state, params)
+    other, _ = tx.update(grads[1], written, params)
+    assert torch.equal(same["w"], other["w"])
+
+
+def test_plateau_drives_a_torch_optimizer_lr():
+    """from_torch_optimizer reads its lr back from the state (a settable row of the table),
+    so the plateau's value is the lr of the next step: w moves by exactly -lr * grad."""
+    from functrain.callbacks import ReduceOnPlateauCallback
+    from functrain.schedules import ReduceOnPlateau
+
+    callback = ReduceOnPlateauCallback(ReduceOnPlateau(monitor="loss", patience=0, factor=0.5))
+    state = _plateau_state(ft.from_torch_optimizer(torch.optim.SGD, lr=0.5))
+    runner = _plateau_runner()
+    state = callback.before_train(runner, state)
+    state = callback.after_val_epoch(runner, state, {"loss": 1.0}) or state
+    state = callback.after_val_epoch(runner, state, {"loss": 1.0})  # a plateau: lr halves
+    assert float(state.opt_state.lr) == 0.25  # 0.5 * 0.5 is exact in binary
+    params = {k: v.detach() for k, v in state.params.items()}
+    grads = {k: torch.ones_like(v) for k, v in params.items()}
+    tx = ft.from_torch_optimizer(torch.optim.SGD, lr=0.5)
+    # apply_gradients lets torch's SGD write the parameters itself: p.add_(g, alpha=-lr), the
+    # same op on the same inputs as below, so bitwise.
+    new, _ = ft.apply_gradients(tx, params, grads, state.opt_state)
+    for k in params:
+        assert torch.equal(new[k], params[k].add(grads[k], alpha=-0.25))

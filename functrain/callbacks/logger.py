@@ -24,9 +24,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from functrain.callbacks._opt_state import get_at, hyperparameter_paths
 from functrain.callbacks.base import Callback, ScalarHistory
 from functrain.ranks import is_main_process
+from functrain.transforms.state_path import get as get_at
+from functrain.transforms.state_values import hyperparameter_paths
 
 __all__ = ["Logger"]
 

@@ -7,30 +7,30 @@ from typing import Any
 import attrs
 import torch
 
-from functrain.callbacks._opt_state import find_records, get_at, replace_at
 from functrain.callbacks.base import Callback
 from functrain.schedules import PlateauState, ReduceOnPlateau
-from functrain.transforms.adam import ScaleByAdamState
-from functrain.transforms.momentum import TraceState
-from functrain.transforms.scaling import LearningRateState
+from functrain.transforms.state_path import Path, format_path, get, replace
+from functrain.transforms.state_values import recorded_paths
 
 __all__ = ["ReduceOnPlateauCallback"]
 
-_TARGETS = {
-    "lr": ((LearningRateState, "lr"),),
-    "momentum": ((ScaleByAdamState, "b1"), (TraceState, "momentum")),
-}
+_PARAMS = ("lr", "momentum")
 
 
 class ReduceOnPlateauCallback(Callback):
     """Drive a :class:`functrain.schedules.ReduceOnPlateau` from the loop, as mmengine's
     ``ParamSchedulerHook`` drives ``ReduceOnPlateauLR``: ``epoch_end`` after each training
     epoch, ``update(metrics)`` after each validation, and the new value written into the
-    optimizer state (every ``LearningRateState.lr`` for ``param="lr"``, or the momentum /
-    Adam ``b1`` in force for ``param="momentum"``).
+    optimizer state (every learning rate the state records for ``param="lr"``).
 
-    The transform must hold the value as a settable number (a constant ``lr``; a scheduled
-    one is recomputed from its schedule each step and would override the plateau value).
+    The transform must read the value back from its state (the ``settable`` entries of
+    :data:`functrain.transforms.state_values.HYPERPARAMETERS`): a constant ``lr`` of
+    ``scale_by_learning_rate`` or :func:`functrain.from_torch_optimizer`. A scheduled ``lr``
+    is recomputed from its schedule each step and overrides the plateau value. functrain's
+    momentum transforms (``trace``, ``scale_by_adam``...) take their momentum / ``b1`` as a
+    number when they are built (torch's fused kernels take it so) and only record it, so
+    ``param="momentum"`` is refused at ``before_train``, as
+    :func:`functrain.set_hyperparam` refuses it, rather than writing a value nothing reads.
     The :class:`PlateauState` is persistent (``state.callbacks["reduce_on_plateau"]``).
 
     Args:
@@ -41,28 +41,34 @@ class ReduceOnPlateauCallback(Callback):
     priority = "LOW"
 
     def __init__(self, plateau: ReduceOnPlateau, param: str = "lr") -> None:
-        if param not in _TARGETS:
+        if param not in _PARAMS:
             raise ValueError(f"param must be 'lr' or 'momentum', got {param!r}")
         self.plateau = plateau
         self.param = param
 
-    def _paths(self, opt_state: Any) -> list[Any]:
-        paths = []
-        for cls, field in _TARGETS[self.param]:
-            paths += [
-                p + (("attr", field),)
-                for p in find_records(opt_state, lambda x, cls=cls: isinstance(x, cls))
-            ]
-        if not paths:
+    def _paths(self, opt_state: Any) -> list[Path]:
+        """Where the state records ``self.param``; raises unless every one is settable."""
+        found = recorded_paths(opt_state, self.param)
+        if not found:
             raise ValueError(
                 f"ReduceOnPlateauCallback: the optimizer state holds no {self.param} to drive"
             )
-        return paths
+        for row, path in found:
+            if not row.settable:
+                raise ValueError(
+                    f"ReduceOnPlateauCallback(param={self.param!r}): the {self.param} at "
+                    f"{format_path(path)} ({row.record.__name__}.{row.field}) is recorded "
+                    "for logging only; the transform does not read it from its state, so a "
+                    "plateau could not change it. Schedule it instead (a momentum param "
+                    "scheduler) or drive the lr"
+                )
+        return [path for _, path in found]
 
     def before_train(self, runner: Any, state: Any) -> Any:
+        paths = self._paths(state.opt_state)  # refuses an unsettable param before training
         if self.get_state(state) is not None:
             return None
-        first = get_at(state.opt_state, self._paths(state.opt_state)[0])
+        first = get(state.opt_state, paths[0])
         return self.set_state(state, self.plateau.init(float(first)))  # one read, at start
 
     def after_train_epoch(self, runner: Any, state: Any) -> Any:
@@ -78,8 +84,8 @@ class ReduceOnPlateauCallback(Callback):
         if new.value != ps.value:
             opt_state = state.opt_state
             for path in self._paths(opt_state):
-                old = get_at(opt_state, path)
-                opt_state = replace_at(
+                old = get(opt_state, path)
+                opt_state = replace(
                     opt_state,
                     path,
                     torch.full_like(old, new.value) if isinstance(old, torch.Tensor) else new.value,

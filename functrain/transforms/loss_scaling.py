@@ -34,6 +34,7 @@ from functrain.transforms.base import (
     state_record,
 )
 from functrain.transforms.combinators import all_finite, select_state, zero_where_not
+from functrain.transforms.state_path import find_one
 from functrain.tree import TreeInfo, foreach_clone
 
 __all__ = ["LossScaleState", "find_loss_scale_state", "loss_scaling", "scale_loss"]
@@ -201,28 +202,7 @@ def loss_scaling(
 
 def find_loss_scale_state(state: Any) -> LossScaleState:
     """The :class:`LossScaleState` inside ``state`` (a chain, named_chain, accumulate, ...)."""
-    found: list[LossScaleState] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, LossScaleState):
-            found.append(node)
-        elif isinstance(node, tuple | list):
-            for child in node:
-                if not isinstance(child, Tensor):
-                    visit(child)
-        elif isinstance(node, dict):
-            for child in node.values():
-                visit(child)
-        elif attrs.has(type(node)):
-            for field in attrs.fields(type(node)):
-                visit(getattr(node, field.name))
-
-    visit(state)
-    if len(found) != 1:
-        raise ValueError(
-            f"expected one loss_scaling state inside the optimizer state, found {len(found)}"
-        )
-    return found[0]
+    return find_one(state, LossScaleState, "find_loss_scale_state")
 
 
 def scale_loss(loss: Tensor, state: Any) -> Tensor:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 from torch import Tensor
 
@@ -41,6 +40,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.scaling import add_decayed_weights
+from functrain.transforms.state_path import find_one
 from functrain.transforms.validation import (
     check_betas,
     check_nonnegative,
@@ -346,28 +346,6 @@ def schedule_free_adamw(
     )
 
 
-def _find_state(state: Any) -> ScheduleFreeState:
-    found: list[ScheduleFreeState] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, ScheduleFreeState):
-            found.append(node)
-        elif isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif attrs.has(type(node)):
-            for field in attrs.fields(type(node)):
-                visit(getattr(node, field.name))
-
-    visit(state)
-    if len(found) != 1:
-        raise ValueError(
-            f"schedule_free_eval_params needs an optimizer state holding exactly one "
-            f"ScheduleFreeState, found {len(found)}"
-        )
-    return found[0]
-
-
 def schedule_free_eval_params(params: PyTree, opt_state: Any) -> PyTree:
     """The evaluation parameters ``x = lerp(y, z, 1 - 1/b1)`` of a schedule-free optimizer.
 
@@ -383,7 +361,7 @@ def schedule_free_eval_params(params: PyTree, opt_state: Any) -> PyTree:
     Example:
         >>> eval_params = schedule_free_eval_params(params, opt_state)  # doctest: +SKIP
     """
-    state = _find_state(opt_state)
+    state = find_one(opt_state, ScheduleFreeState, "schedule_free_eval_params")
     leaves, info = flatten(params)
     check_state_paths("schedule_free_eval_params", state.paths, info)
     b1 = float(state.b1)

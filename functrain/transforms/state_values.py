@@ -6,7 +6,9 @@ functrain's transforms already keep the values they used in their states, as 0-d
 ``DecayState.weight_decay``, ``ClipState.norm``, ``LossScaleState.scale``), so no wrapper is
 needed: :func:`values_in_force` walks a state (chains, named chains, ``masked``,
 ``partition``, ``accumulate``, ``loss_scaling``, ...) and returns them as a flat dict for a
-logger, and :func:`set_hyperparam` returns a state with one of them replaced.
+logger, and :func:`set_hyperparam` returns a state with one of them replaced. Which
+record fields hold which value, and which of them a transform reads back (may be set), is
+the one table :data:`HYPERPARAMETERS`; the walking is :mod:`functrain.transforms.state_path`.
 
 Example:
     >>> tx = chain(clip(1.0), adamw(lr=cosine_schedule))
@@ -18,99 +20,161 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
+from functrain.transforms.adam import ScaleByAdamState
 from functrain.transforms.clipping import ClipState
 from functrain.transforms.loss_scaling import LossScaleState
-from functrain.transforms.scaling import LearningRateState
+from functrain.transforms.momentum import TraceState
+from functrain.transforms.scaling import DecayState, LearningRateState
+from functrain.transforms.state_path import Path, find, get, replace, walk
 from functrain.transforms.torch_optimizer import TorchOptimizerState
 
-__all__ = ["SETTABLE", "set_hyperparam", "values_in_force"]
+__all__ = [
+    "HYPERPARAMETERS",
+    "SETTABLE",
+    "Hyperparameter",
+    "hyperparameter_paths",
+    "recorded_paths",
+    "set_hyperparam",
+    "values_in_force",
+]
 
-# Field name of a state record -> logged name (mmengine logs Adam's betas[0] as momentum).
-_BY_FIELD = {"lr": "lr", "b1": "momentum", "momentum": "momentum", "weight_decay": "weight_decay"}
-# Fields whose meaning depends on their record.
-_BY_RECORD = {(ClipState, "norm"): "grad_norm", (LossScaleState, "scale"): "loss_scale"}
-#: The (record, field) pairs a transform reads back from its state, which
-#: :func:`set_hyperparam` may therefore change: a constant learning rate
-#: (``scale_by_learning_rate`` with a float) and the loss scale. Every other recorded value
-#: is what the transform used (a constant closed over at construction, or a schedule's value)
-#: and changes only by rebuilding the transform or its schedule.
-SETTABLE = frozenset(
-    {(LearningRateState, "lr"), (LossScaleState, "scale"), (TorchOptimizerState, "lr")}
+
+@attrs.frozen
+class Hyperparameter:
+    """One value a transform records in its state record.
+
+    Attributes:
+        record: the state record class.
+        field: its field holding the value (a 0-d tensor).
+        name: the name it is logged and set under (mmengine logs Adam's ``betas[0]`` as
+            ``momentum``).
+        settable: the transform reads the field back from its state, so writing it changes
+            the next update (:func:`set_hyperparam`, ``ReduceOnPlateauCallback``). Otherwise
+            the value is what the transform used (a constant closed over when it was built,
+            or a schedule's value) and is recorded for logging only.
+        logged: :class:`~functrain.callbacks.LoggerHook` logs it every iteration.
+    """
+
+    record: type
+    field: str
+    name: str
+    settable: bool
+    logged: bool = True
+
+
+#: The one table of hyperparameters recorded in states, in the logger's order of preference
+#: (an Adam ``b1`` before a ``trace`` momentum). A 0-d tensor field called ``lr``, ``b1``,
+#: ``momentum`` or ``weight_decay`` of a record not listed here is read too (:data:`_BY_FIELD`),
+#: never set.
+HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
+    Hyperparameter(LearningRateState, "lr", "lr", settable=True),
+    Hyperparameter(TorchOptimizerState, "lr", "lr", settable=True, logged=False),
+    Hyperparameter(ScaleByAdamState, "b1", "momentum", settable=False),
+    Hyperparameter(TraceState, "momentum", "momentum", settable=False),
+    Hyperparameter(DecayState, "weight_decay", "weight_decay", settable=False, logged=False),
+    Hyperparameter(ClipState, "norm", "grad_norm", settable=False),
+    Hyperparameter(LossScaleState, "scale", "loss_scale", settable=True, logged=False),
 )
-
-Location = tuple[tuple[str, Any], ...]
+_BY_RECORD = {(h.record, h.field): h for h in HYPERPARAMETERS}
+# Field name of another record -> logged name.
+_BY_FIELD = {"lr": "lr", "b1": "momentum", "momentum": "momentum", "weight_decay": "weight_decay"}
+#: The ``(record, field)`` pairs of :data:`HYPERPARAMETERS` that can be set: a constant
+#: learning rate (``scale_by_learning_rate`` with a float, or a torch optimizer's) and the
+#: loss scale.
+SETTABLE = frozenset((h.record, h.field) for h in HYPERPARAMETERS if h.settable)
 
 
 @attrs.frozen
 class _Entry:
     name: str
-    named: tuple[str, ...]
-    full: tuple[str, ...]
-    location: Location
+    path: Path
     value: Tensor
     record: type
     field: str
 
 
-def _log_name(record: type, field: str, value: Any) -> str | None:
-    if not isinstance(value, Tensor) or value.ndim != 0:
-        return None
-    return _BY_RECORD.get((record, field)) or _BY_FIELD.get(field)
-
-
-def _walk(
-    node: Any, named: tuple[str, ...], full: tuple[str, ...], loc: Location
-) -> Iterator[_Entry]:
-    if node is None or isinstance(node, Tensor):
-        return
-    if isinstance(node, tuple | list):
-        if node and all(isinstance(x, Tensor) for x in node):
-            return  # per-leaf buffers
-        for i, child in enumerate(node):
-            yield from _walk(child, named, full + (str(i),), loc + (("item", i),))
-    elif isinstance(node, dict):
-        # named_chain names and partition labels: the readable part of a path.
-        for key, child in node.items():
-            yield from _walk(child, named + (str(key),), full + (str(key),), loc + (("key", key),))
-    elif attrs.has(type(node)):
+def _entries_in(state: Any) -> list[_Entry]:
+    """Every recorded hyperparameter in ``state``, depth first."""
+    out = []
+    for path, node in walk(state):
+        if not attrs.has(type(node)):
+            continue
         for f in attrs.fields(type(node)):
-            if f.metadata.get("static", False):
-                continue
             value = getattr(node, f.name)
-            name = _log_name(type(node), f.name, value)
-            if name is not None:
-                yield _Entry(
-                    name, named, full, loc + (("attr", f.name),), value, type(node), f.name
-                )
-            else:
-                yield from _walk(value, named, full, loc + (("attr", f.name),))
+            if f.metadata.get("static", False) or not isinstance(value, Tensor):
+                continue
+            row = _BY_RECORD.get((type(node), f.name))
+            name = row.name if row is not None else _BY_FIELD.get(f.name)
+            if name is not None and value.ndim == 0:
+                out.append(_Entry(name, path + (("attr", f.name),), value, type(node), f.name))
+    return out
+
+
+def _named(path: Path) -> tuple[str, ...]:
+    # named_chain names and partition labels (dict keys): the readable part of a path.
+    return tuple(str(key) for kind, key in path if kind == "key")
 
 
 def _entries(state: Any) -> dict[str, _Entry]:
-    entries = list(_walk(state, (), (), ()))
     by_name: dict[str, list[_Entry]] = {}
-    for e in entries:
+    for e in _entries_in(state):
         by_name.setdefault(e.name, []).append(e)
     keyed: dict[str, _Entry] = {}
     for name, group in by_name.items():
         if len(group) == 1:
             keyed[name] = group[0]
             continue
-        keys = ["/".join(e.named + (name,)) for e in group]
+        keys = ["/".join(_named(e.path) + (name,)) for e in group]
         for e, key in zip(group, keys, strict=True):
             if keys.count(key) > 1:
                 # Same readable path (e.g. two learning rates in one plain chain): use the
                 # member indices too.
-                key = "/".join(e.full + (name,))
+                key = "/".join(str(k) for kind, k in e.path if kind != "attr") + "/" + name
             keyed[key] = e
     return keyed
+
+
+def hyperparameter_paths(opt_state: Any) -> dict[str, Path]:
+    """``{name: path}`` of the values a logger reads every iteration (``lr``, ``momentum``,
+    ``grad_norm``: the :data:`HYPERPARAMETERS` marked ``logged``), for those present in
+    ``opt_state``: the first record of the first listed kind holding each name.
+
+    Example:
+        >>> paths = hyperparameter_paths(state)  # doctest: +SKIP
+        >>> get(state, paths["lr"])  # doctest: +SKIP
+    """
+    out: dict[str, Path] = {}
+    for h in HYPERPARAMETERS:
+        if not h.logged or h.name in out:
+            continue
+        paths = find(opt_state, h.record)
+        if paths:
+            out[h.name] = paths[0] + (("attr", h.field),)
+    return out
+
+
+def recorded_paths(opt_state: Any, name: str) -> list[tuple[Hyperparameter, Path]]:
+    """Every record in ``opt_state`` holding the :data:`HYPERPARAMETERS` value ``name``
+    (e.g. every learning rate of a ``partition``), with its table row and its path.
+
+    Example:
+        >>> [(h.settable, p) for h, p in recorded_paths(state, "lr")]  # doctest: +SKIP
+        [(True, (('item', 1), ('attr', 'lr')))]
+    """
+    found = [
+        (h, path + (("attr", h.field),))
+        for h in HYPERPARAMETERS
+        if h.name == name
+        for path in find(opt_state, h.record)
+    ]
+    # A torch optimizer without a numeric lr records None there.
+    return [(h, path) for h, path in found if isinstance(get(opt_state, path), Tensor)]
 
 
 def values_in_force(state: Any) -> dict[str, Tensor]:
@@ -182,19 +246,4 @@ def set_hyperparam(state: Any, name: str, value: float | Tensor) -> Any:
         if entry.field == "scale" and not value > 0.0:
             raise ValueError(f"Invalid loss scale: {value!r}; must be > 0")
         new = torch.tensor(float(value), dtype=old.dtype, device=old.device)
-    return _replace(state, entry.location, new)
-
-
-def _replace(node: Any, loc: Location, new: Any) -> Any:
-    if not loc:
-        return new
-    kind, key = loc[0]
-    if kind == "item":
-        items = list(node)
-        items[key] = _replace(node[key], loc[1:], new)
-        return tuple(items) if isinstance(node, tuple) else items
-    if kind == "key":
-        out = dict(node)
-        out[key] = _replace(node[key], loc[1:], new)
-        return out
-    return attrs.evolve(node, **{key: _replace(getattr(node, key), loc[1:], new)})
+    return replace(state, entry.path, new)
