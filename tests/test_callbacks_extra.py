@@ -25,6 +25,7 @@ from functrain.state import TrainState
 from functrain.step import make_eval_step, make_train_step
 
 mmengine = pytest.importorskip("mmengine")
+from loop_helpers import data, loss_fn  # noqa: E402
 from mmengine.hooks import EarlyStoppingHook  # noqa: E402
 from mmengine.model import ExponentialMovingAverage  # noqa: E402
 
@@ -42,18 +43,6 @@ def model():
     return torch.nn.Sequential(
         torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)
     )
-
-
-def loss_fn(forward, batch):
-    x, y = batch
-    return torch.nn.functional.cross_entropy(forward(x), y)
-
-
-def data(n):
-    g = torch.Generator().manual_seed(0)
-    return [
-        (torch.randn(4, 3, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(n)
-    ]
 
 
 class Snapshots(Callback):

@@ -17,6 +17,7 @@ from functrain.state import TrainState
 from functrain.step import make_train_step
 
 mmengine = pytest.importorskip("mmengine")
+from loop_helpers import data, loss_fn  # noqa: E402
 from mmengine.runner import Runner as MMRunner  # noqa: E402
 from test_loop_mmengine import _ConstantMetric, _mm_loader, _ToyModel  # noqa: E402
 
@@ -59,18 +60,6 @@ def mm_logged_steps(tmp_path, train_cfg, logger_cfg, n_train):
 def tiny_model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-
-
-def loss_fn(forward, batch):
-    x, y = batch
-    return torch.nn.functional.cross_entropy(forward(x), y)
-
-
-def data(n):
-    g = torch.Generator().manual_seed(0)
-    return [
-        (torch.randn(4, 3, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(n)
-    ]
 
 
 def ft_runner(tmp_path, loop, logger, tx=None, callbacks=()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from loop_helpers import data, loss_fn
 
 import functrain as ft
 import functrain.callbacks.terminate_on_nan as terminate_on_nan
@@ -22,16 +23,8 @@ from functrain.step import make_train_step
 BAD = 13  # runner.iter whose batch holds a nan
 
 
-def loss_fn(forward, batch):
-    x, y = batch
-    return torch.nn.functional.cross_entropy(forward(x), y)
-
-
 def batches(n: int, bad: int | None = BAD) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    out = [
-        (torch.randn(4, 3, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(n)
-    ]
+    out = data(n)
     if bad is not None:
         out[bad][0][0, 0] = float("nan")
     return out
