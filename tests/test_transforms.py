@@ -142,6 +142,25 @@ def test_clip_state_keeps_pre_clip_norm_as_tensor():
     assert torch.linalg.vector_norm(out["a"]).item() == pytest.approx(1.0, rel=1e-5)
 
 
+def test_clip_by_global_norm_is_clip_and_is_a_global_norm_clip():
+    """The primary name and the alias are one function; the clip is by the norm of all leaves
+    together (optax's element-wise clip is clip_by_value), as clip_grad_norm_ computes it."""
+    assert ft.clip is ft.clip_by_global_norm is ft.transforms.clip_by_global_norm
+    grads = {"a": torch.full((4,), 3.0), "b": torch.tensor([-8.0])}
+    tx = ft.clip_by_global_norm(5.0)
+    out, state = tx.update(grads, tx.init(grads))
+    holders = [torch.zeros_like(g, requires_grad=True) for g in grads.values()]
+    for h, g in zip(holders, grads.values(), strict=True):
+        h.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(holders, 5.0, foreach=True)
+    reference = [h.grad for h in holders]
+    assert state.norm.item() == 10.0  # sqrt(4 * 9 + 64), exact in float32
+    # Same foreach norm and the same coefficient max_norm / (norm + 1e-6) applied by one
+    # foreach multiply as clip_grad_norm_: bitwise.
+    assert all(torch.equal(o, r) for o, r in zip(out.values(), reference, strict=True))
+    assert out["b"].item() == pytest.approx(-4.0)  # -8 * 5 / 10: scaled, not clamped to -5
+
+
 def test_clip_error_if_nonfinite():
     grads = {"a": torch.tensor([float("inf"), 1.0])}
     tx = ft.clip(1.0, error_if_nonfinite=True)

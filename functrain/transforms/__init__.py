@@ -41,7 +41,7 @@ from functrain.transforms.base import (
     stateless_foreach,
     stateless_with_tree_map,
 )
-from functrain.transforms.clipping import ClipState, clip, clip_by_value
+from functrain.transforms.clipping import ClipState, clip, clip_by_global_norm, clip_by_value
 from functrain.transforms.combinators import (
     ApplyIfFiniteState,
     MaskedState,
@@ -161,6 +161,7 @@ __all__ = [
     "asgd_averaged_params",
     "chain",
     "clip",
+    "clip_by_global_norm",
     "clip_by_value",
     "find_loss_scale_state",
     "freeze",

@@ -1,4 +1,10 @@
-"""Gradient clipping: by global norm (``clip``) and by value (``clip_by_value``)."""
+"""Gradient clipping: by global norm (``clip_by_global_norm``, also spelled ``clip``) and by
+value (``clip_by_value``).
+
+``clip`` is kept as an alias of :func:`clip_by_global_norm` (functrain's first name for it,
+after mmengine's ``clip_grad``); note that optax's ``clip`` is element-wise, which is
+:func:`clip_by_value` here.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +26,12 @@ from functrain.transforms.kernel_specs import GradScale
 from functrain.transforms.validation import check_positive
 from functrain.tree import TreeInfo, global_norm
 
-__all__ = ["ClipState", "clip", "clip_by_value"]
+__all__ = ["ClipState", "clip", "clip_by_global_norm", "clip_by_value"]
 
 
 @state_record
 class ClipState:
-    """State of :func:`clip`.
+    """State of :func:`clip_by_global_norm`.
 
     Attributes:
         norm: the global norm of the last gradients *before* clipping, a 0-d tensor on the
@@ -35,7 +41,7 @@ class ClipState:
     norm: Tensor
 
 
-def clip(
+def clip_by_global_norm(
     max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
 ) -> GradientTransformation:
     """Scale the updates so that their global norm is at most ``max_norm``.
@@ -52,7 +58,7 @@ def clip(
             the norm on the host, a sync per step, as torch's option does.
 
     Example:
-        >>> tx = chain(clip(35.0), sgd(lr=0.02, momentum=0.9))
+        >>> tx = chain(clip_by_global_norm(35.0), sgd(lr=0.02, momentum=0.9))
     """
     check_positive("max_norm", max_norm)
     norm_type = float(norm_type)
@@ -93,10 +99,16 @@ def clip(
         FlatTransform(
             init,
             update,
+            # The name shown by repr / explain keeps the short spelling users wrote.
             name=f"clip({max_norm:g}, norm_type={norm_type:g})",
             fusion=GradScale(coefficient),
         )
     )
+
+
+#: The same function as :func:`clip_by_global_norm` (functrain's original name; kept, not
+#: deprecated). Not optax's element-wise ``clip``: that is :func:`clip_by_value`.
+clip = clip_by_global_norm
 
 
 def clip_by_value(clip_value: float) -> GradientTransformation:
