@@ -168,6 +168,19 @@ def test_the_interval_follows_the_logger_and_is_validated(tmp_path):
         TerminateOnNaN(interval=0)
 
 
+def test_configs_reach_the_callback_through_default_hooks():
+    from functrain.config.loops_hooks import build_hooks
+
+    defaults, _ = build_hooks(
+        {"default_hooks": {"terminate_on_nan": dict(type="TerminateOnNaN", interval=1)}}
+    )
+    guard = defaults["terminate_on_nan"]
+    assert isinstance(guard, TerminateOnNaN) and guard.interval == 1
+    assert guard.state_key() == "terminate_on_nan"
+    off, _ = build_hooks({"default_hooks": {"terminate_on_nan": None}})
+    assert off == {"terminate_on_nan": None}  # the Runner then drops the default
+
+
 @pytest.mark.parametrize(
     ("make_loop", "key"),
     [

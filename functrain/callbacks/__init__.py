@@ -1,6 +1,6 @@
 """Callbacks: mmengine's hook points as methods of objects run in priority order.
 
-See :mod:`functrain.callbacks.base` for the protocol, :class:`functrain.loops.Runner` for
+See :mod:`functrain.callbacks.base` for the protocol, :class:`functrain.runner.Runner` for
 how they are registered (default callbacks first, replaceable by name).
 """
 

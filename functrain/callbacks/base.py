@@ -1,6 +1,6 @@
 """Callbacks: objects with methods named after mmengine's hook points, run in priority order.
 
-A callback method receives the loop context (the :class:`functrain.loops.Runner`, which has
+A callback method receives the loop context (the :class:`functrain.runner.Runner`, which has
 mmengine's ``runner.epoch``, ``runner.iter``, ``runner.max_iters``... attributes) and the
 current :class:`functrain.state.TrainState`, plus the event's own keyword arguments
 (``batch_idx``, ``data_batch``, ``outputs``, ``metrics``, ``checkpoint``), and returns a new

@@ -108,6 +108,7 @@ class TerminateOnNaN(Callback):
     """
 
     priority = "LOW"  # after the logger (which shows the window), before the checkpoint
+    name = "terminate_on_nan"
 
     def __init__(self, interval: int | None = None, key: str = "loss") -> None:
         if interval is not None and (
