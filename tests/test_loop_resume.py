@@ -217,3 +217,13 @@ def test_early_stopping_state_survives_resume(tmp_path):
     # two more misses (epochs 3 and 4) reach patience 3 at epoch 4 = max_epochs
     assert final.callbacks["early_stopping"]["wait_count"] == 3
     assert second.stop_training
+
+
+def test_checkpoints_written_before_the_split_still_name_a_readable_data_position():
+    # Checkpoints written when DataPosition lived in functrain/loops.py name it so.
+    from functrain.checkpoint import decode, encode
+    from functrain.data_position import DataPosition
+
+    old = encode(DataPosition(3, 7, phase="iter_end"))
+    old["__record__"] = "functrain.loops:DataPosition"
+    assert decode(old) == DataPosition(3, 7, phase="iter_end")
