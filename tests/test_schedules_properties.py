@@ -145,9 +145,14 @@ def test_strategies_draw_what_they_promise():
 @pytest.mark.parametrize(
     "module",
     [
-        "functrain.schedules._pieces",
+        "functrain.schedules._args",
+        "functrain.schedules._piece",
+        "functrain.schedules._warmup",
+        "functrain.schedules._decay",
+        "functrain.schedules._anneal",
+        "functrain.schedules._cycle",
+        "functrain.schedules._window",
         "functrain.schedules._schedule",
-        "functrain.schedules._builders",
         "functrain.schedules._mmengine",
         "functrain.schedules._plateau",
         "functrain.schedules._plot",

@@ -75,7 +75,8 @@ FUNCTIONS = _registry("FUNCTIONS", "function")
 def _register_builtins() -> None:
     from functrain import callbacks as cb
     from functrain import loops
-    from functrain.schedules._mmengine import _PLATEAU_TYPES, _TYPES
+    from functrain.schedules._mmengine import PLATEAU_TYPES as _PLATEAU_TYPES
+    from functrain.schedules._mmengine import SCHEDULER_TYPES as _TYPES
     from functrain.transforms.torch_names import EXTRA_OPTIMIZERS, TORCH_OPTIMIZERS
 
     for name, factory in {**TORCH_OPTIMIZERS, **EXTRA_OPTIMIZERS}.items():

@@ -14,7 +14,8 @@ from functrain.config.builtin_registries import PARAM_SCHEDULERS
 from functrain.config.errors import ConfigError, error_text, suggest
 from functrain.config.registry_class import call
 from functrain.schedules import ReduceOnPlateau, from_mmengine, mmengine_target
-from functrain.schedules._mmengine import _PLATEAU_TYPES, _TYPES
+from functrain.schedules._mmengine import PLATEAU_TYPES as _PLATEAU_TYPES
+from functrain.schedules._mmengine import SCHEDULER_TYPES as _TYPES
 from functrain.transforms.validation import (
     MOMENTUM,
     NONNEGATIVE,

@@ -8,8 +8,24 @@ from typing import Any
 
 import attrs
 
-from functrain.schedules._pieces import (
-    INF,
+from functrain.schedules._anneal import CosineAnnealing, CosineRestart, Poly
+from functrain.schedules._cycle import OneCycle
+from functrain.schedules._decay import Exponential, MultiStep, Step
+from functrain.schedules._piece import INF, Piece
+from functrain.schedules._schedule import Schedule
+from functrain.schedules._warmup import Constant, Linear
+
+__all__ = [
+    "PLATEAU_TYPES",
+    "SCHEDULER_TYPES",
+    "from_mmengine",
+    "mmengine_target",
+    "piece_from_mmengine",
+    "plateau_kwargs",
+]
+
+# The piece of each mmengine scheduler family (the type name without LR / Momentum).
+_FAMILIES: tuple[type[Piece], ...] = (
     Constant,
     CosineAnnealing,
     CosineRestart,
@@ -17,35 +33,21 @@ from functrain.schedules._pieces import (
     Linear,
     MultiStep,
     OneCycle,
-    Piece,
     Poly,
     Step,
 )
-from functrain.schedules._schedule import Schedule
 
-__all__ = ["from_mmengine", "mmengine_target", "piece_from_mmengine", "plateau_kwargs"]
-
-_FAMILIES: dict[str, type[Piece]] = {
-    "Constant": Constant,
-    "CosineAnnealing": CosineAnnealing,
-    "CosineRestart": CosineRestart,
-    "Exponential": Exponential,
-    "Linear": Linear,
-    "MultiStep": MultiStep,
-    "OneCycle": OneCycle,
-    "Poly": Poly,
-    "Step": Step,
-}
-
-# mmengine's registry: <family>LR, <family>Momentum (no OneCycleMomentum) and the generic
-# <family>ParamScheduler, which names its hyperparameter with `param_name`.
-_TYPES: dict[str, tuple[type[Piece], str | None]] = {}
-for _family, _cls in _FAMILIES.items():
-    _TYPES[f"{_family}LR"] = (_cls, "lr")
-    _TYPES[f"{_family}ParamScheduler"] = (_cls, None)
-    if _family != "OneCycle":
-        _TYPES[f"{_family}Momentum"] = (_cls, "momentum")
-_PLATEAU_TYPES: dict[str, str | None] = {
+#: mmengine's registry: ``<family>LR``, ``<family>Momentum`` (no OneCycleMomentum) and
+#: the generic ``<family>ParamScheduler``, which names its hyperparameter with
+#: ``param_name`` (``None`` here): type name -> (piece class, hyperparameter).
+SCHEDULER_TYPES: dict[str, tuple[type[Piece], str | None]] = {}
+for _cls in _FAMILIES:
+    SCHEDULER_TYPES[f"{_cls.__name__}LR"] = (_cls, "lr")
+    SCHEDULER_TYPES[f"{_cls.__name__}ParamScheduler"] = (_cls, None)
+    if _cls is not OneCycle:
+        SCHEDULER_TYPES[f"{_cls.__name__}Momentum"] = (_cls, "momentum")
+#: mmengine's ReduceOnPlateau types: type name -> hyperparameter (``None``: param_name).
+PLATEAU_TYPES: dict[str, str | None] = {
     "ReduceOnPlateauLR": "lr",
     "ReduceOnPlateauMomentum": "momentum",
     "ReduceOnPlateauParamScheduler": None,
@@ -78,8 +80,8 @@ def _type_name(cfg: Mapping[str, Any], where: str) -> str:
     name = cfg["type"]
     if not isinstance(name, str):
         name = getattr(name, "__name__", repr(name))
-    if name not in _TYPES and name not in _PLATEAU_TYPES:
-        known = [*_TYPES, *_PLATEAU_TYPES]
+    if name not in SCHEDULER_TYPES and name not in PLATEAU_TYPES:
+        known = [*SCHEDULER_TYPES, *PLATEAU_TYPES]
         raise ValueError(f"{where}: unknown scheduler type {name!r}{_suggest(name, known)}")
     return name
 
@@ -102,7 +104,7 @@ def mmengine_target(cfg: Mapping[str, Any]) -> str:
     """
     where = "param_scheduler"
     name = _type_name(cfg, where)
-    target = _TYPES[name][1] if name in _TYPES else _PLATEAU_TYPES[name]
+    target = SCHEDULER_TYPES[name][1] if name in SCHEDULER_TYPES else PLATEAU_TYPES[name]
     if target is None:
         if "param_name" not in cfg:
             raise ValueError(f"{where}: {name} needs the key 'param_name' (e.g. 'lr')")
@@ -148,13 +150,13 @@ def piece_from_mmengine(
     """
     where = "param_scheduler"
     name = _type_name(cfg, where)
-    if name in _PLATEAU_TYPES:
+    if name in PLATEAU_TYPES:
         raise ValueError(
             f"{where}: {name} depends on validation metrics, so it is not a function of the "
             "step; build it with ReduceOnPlateau.from_mmengine(cfg) and let the training "
             "loop feed it"
         )
-    cls, target = _TYPES[name]
+    cls, target = SCHEDULER_TYPES[name]
     own = [f.name for f in attrs.fields(cls) if f.name not in ("begin", "end", "by_epoch")]
     allowed = [*_WINDOW_KEYS, *_IGNORED_KEYS, *own]
     if target is None:
@@ -192,12 +194,7 @@ def piece_from_mmengine(
     try:
         if convert:
             # mmengine's build_iter_from_epoch: periods scale, begin/end truncate with int().
-            for key in cls._iter_scaled:
-                value = kwargs.get(key)
-                if isinstance(value, tuple):
-                    kwargs[key] = tuple(v * epoch_length for v in value)
-                elif value is not None:
-                    kwargs[key] = value * epoch_length
+            kwargs.update(cls.scale_periods(kwargs, epoch_length))
             begin = int(begin * epoch_length)  # type: ignore[operator]
             end = end if end == INF else int(end * epoch_length)  # type: ignore[operator]
             by_epoch = False
@@ -251,7 +248,7 @@ def from_mmengine(
     targets = {}
     for i, item in enumerate(items):
         name = _type_name(item, f"param_scheduler[{i}]")
-        if name in _PLATEAU_TYPES and ignore_plateau:
+        if name in PLATEAU_TYPES and ignore_plateau:
             continue
         targets[i] = mmengine_target(item)
     if param is None:
@@ -293,10 +290,10 @@ def plateau_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """
     where = "param_scheduler"
     name = _type_name(cfg, where)
-    if name not in _PLATEAU_TYPES:
+    if name not in PLATEAU_TYPES:
         raise ValueError(f"{where}: {name} is not a ReduceOnPlateau scheduler")
     allowed = [*_WINDOW_KEYS, *_IGNORED_KEYS, *_PLATEAU_KEYS]
-    if _PLATEAU_TYPES[name] is None:
+    if PLATEAU_TYPES[name] is None:
         allowed.append("param_name")
     _check_keys(cfg, allowed, where, name)
     if not cfg.get("by_epoch", True):

@@ -9,7 +9,8 @@ from typing import Any
 
 import attrs
 
-from functrain.schedules._pieces import INF, _float_arg, _int_arg
+from functrain.schedules._args import float_arg, int_arg
+from functrain.schedules._piece import INF
 
 __all__ = ["PlateauState", "ReduceOnPlateau"]
 
@@ -99,14 +100,14 @@ class ReduceOnPlateau:
                 f"{name}: `threshold_rule` must be 'rel' or 'abs', got {self.threshold_rule!r}"
             )
         fields = {
-            "factor": _float_arg(name, "factor", self.factor, lo=0, hi=1, hi_open=True),
-            "threshold": _float_arg(name, "threshold", self.threshold, lo=0),
-            "min_value": _float_arg(name, "min_value", self.min_value),
-            "eps": _float_arg(name, "eps", self.eps, lo=0),
-            "patience": _int_arg(name, "patience", self.patience, minimum=0),
-            "cooldown": _int_arg(name, "cooldown", self.cooldown, minimum=0),
-            "begin": _int_arg(name, "begin", self.begin, minimum=0),
-            "end": _int_arg(name, "end", self.end),
+            "factor": float_arg(name, "factor", self.factor, lo=0, hi=1, hi_open=True),
+            "threshold": float_arg(name, "threshold", self.threshold, lo=0),
+            "min_value": float_arg(name, "min_value", self.min_value),
+            "eps": float_arg(name, "eps", self.eps, lo=0),
+            "patience": int_arg(name, "patience", self.patience, minimum=0),
+            "cooldown": int_arg(name, "cooldown", self.cooldown, minimum=0),
+            "begin": int_arg(name, "begin", self.begin, minimum=0),
+            "end": int_arg(name, "end", self.end),
         }
         if fields["end"] <= fields["begin"]:
             raise ValueError(
@@ -128,7 +129,7 @@ class ReduceOnPlateau:
             >>> ReduceOnPlateau(rule="greater").init(0.1).best
             -inf
         """
-        start = _float_arg("ReduceOnPlateau.init", "value", value)
+        start = float_arg("ReduceOnPlateau.init", "value", value)
         worse = math.inf if self.rule == "less" else -math.inf
         return PlateauState(value=start, best=worse)
 

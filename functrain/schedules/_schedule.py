@@ -12,7 +12,7 @@ from typing import overload
 import attrs
 import torch
 
-from functrain.schedules._pieces import OneCycle, Piece
+from functrain.schedules._piece import Piece
 
 __all__ = ["Schedule", "as_schedule", "schedule_list"]
 
@@ -90,7 +90,7 @@ class Schedule:
                     "`epoch_length` (iterations per epoch) so that both count on the "
                     "iteration counter"
                 )
-        if sum(isinstance(p, OneCycle) for p in self.pieces) > 1:
+        if sum(p._sets_base for p in self.pieces) > 1:
             raise ValueError(
                 "Schedule: at most one OneCycle piece per schedule (mmengine's OneCycleLR "
                 "overwrites the optimizer's initial, max and min values for all the others)"
@@ -186,8 +186,7 @@ class Schedule:
         out, base = [], self.base
         for piece in self.pieces:
             out.append(base)
-            if isinstance(piece, OneCycle):
-                base = piece.initial
+            base = piece._base_after(base)
         return tuple(out)
 
     def windows(self) -> list[tuple[int, int]]:
@@ -303,7 +302,7 @@ def schedule_list(
         elif isinstance(item, Schedule):
             # A one-cycle item ignores its base value, so any base it was built with is fine.
             bound = item.base is not None and item.base != base
-            if bound and not all(isinstance(p, OneCycle) for p in item.pieces):
+            if bound and not all(p._sets_base for p in item.pieces):
                 raise ValueError(
                     f"schedule_list: `items[{i}]` has base={item.base} but the list has "
                     f"base={base}; build the items without a base"
