@@ -290,3 +290,42 @@ def test_frozen_parameters_get_no_state():
     state = ft.adamw().init(params)
     assert "backbone.0.weight" not in state[0][0].paths
     assert optree.tree_structure(params).num_leaves == len(state[0][0].mu)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("fused", [False, None])
+def test_with_multipliers_is_the_member_spelling(name, fused):
+    """with_multipliers(tx, m) and chain(tx, mask_multipliers(m)) run the same kernels on the
+    same groups in the same order (fused=None takes the fused path where it exists), so the
+    parameters are bitwise equal, and so are the states (same layout)."""
+    model = make_model()
+    optimizer, make = OPTIMIZERS[name]
+    mults = ft.paramwise_multipliers(
+        model,
+        dict(custom_keys={"backbone": dict(lr_mult=0.1, decay_mult=0.5)}, bypass_duplicate=True),
+        weight_decay=optimizer["weight_decay"],
+    )
+    inner = ft.chain(ft.clip(1.0), make(optimizer))
+    wrapped = ft.with_multipliers(inner, mults)
+    member = ft.chain(inner, ft.mask_multipliers(mults))
+    grads_seq = grads_for(model, 5, seed=3)
+    a, b = (
+        run_functrain(model, wrapped, grads_seq, fused),
+        run_functrain(model, member, grads_seq, fused),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = run_functrain(model, inner, grads_seq, fused)
+    assert not all(torch.equal(a[k], plain[k]) for k in a)  # the multipliers took effect
+    state = wrapped.init(ft.trainable_parameters(model))
+    assert optree.tree_structure(state, namespace="functrain") == optree.tree_structure(
+        member.init(ft.trainable_parameters(model)), namespace="functrain"
+    )
+    assert repr(wrapped.flat.name).startswith("'with_multipliers(chain(clip(")
+
+
+def test_with_multipliers_refuses_a_transform_that_has_multipliers():
+    tx = ft.chain(ft.sgd(lr=0.1), ft.mask_multipliers({"w": (2.0, 1.0)}))
+    with pytest.raises(ValueError, match="already holds multipliers"):
+        ft.with_multipliers(tx, {"w": (2.0, 1.0)})
+    with pytest.raises(ValueError, match="multipliers for 'w': lr_mult must be a number >= 0"):
+        ft.with_multipliers(ft.sgd(lr=0.1), {"w": (-1.0, 1.0)})

@@ -70,6 +70,7 @@ from functrain.transforms.multipliers import (
     mask_multipliers,
     paramwise_multipliers,
     trainable_parameters,
+    with_multipliers,
 )
 from functrain.transforms.muon import MuonState, is_matrix, muon, newton_schulz, scale_by_muon
 from functrain.transforms.nadam import ScaleByNadamState, nadam, scale_by_nadam
@@ -224,4 +225,5 @@ __all__ = [
     "trace",
     "trainable_parameters",
     "values_in_force",
+    "with_multipliers",
 ]

@@ -210,7 +210,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` one after another; the state is the tuple of their states.
 
     The tree is flattened once for the whole chain. A :func:`functrain.mask_multipliers`
-    member gives the whole chain its per-parameter multipliers. A chain of torch's building blocks that
+    member gives the whole chain its per-parameter multipliers (the member spelling of
+    :func:`functrain.with_multipliers`). A chain of torch's building blocks that
     torch has a fused kernel for (clip, weight decay, Adam/AdamW/SGD, learning rate) also runs
     as one fused kernel through :func:`functrain.apply_gradients`.
 

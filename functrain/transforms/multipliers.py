@@ -1,19 +1,24 @@
 """Per-parameter learning-rate and weight-decay multipliers (mmengine's ``paramwise_cfg``).
 
-``mask_multipliers(m)`` declares, for a chain, each leaf's ``(lr_mult, decay_mult)``:
+``with_multipliers(tx, m)`` runs ``tx`` with each leaf's ``(lr_mult, decay_mult)``:
 
-    tx = chain(clip(35.0), scale_by_adamw(weight_decay=0.05), scale_by_learning_rate(1e-4),
-               mask_multipliers(paramwise_multipliers(model, dict(custom_keys={
-                   "backbone": dict(lr_mult=0.1)}, norm_decay_mult=0.0))))
+    tx = with_multipliers(
+        chain(clip(35.0), scale_by_adamw(weight_decay=0.05), scale_by_learning_rate(1e-4)),
+        paramwise_multipliers(model, dict(custom_keys={"backbone": dict(lr_mult=0.1)},
+                                          norm_decay_mult=0.0)),
+    )
 
-The chain then splits its (device, dtype) groups further by multiplier value, like torch
-param groups, and hands each group's multipliers to its members through the ``TreeInfo``:
+The older spelling, a member ``mask_multipliers(m)`` anywhere in the chain
+(``chain(..., mask_multipliers(m))``), keeps working and computes the same numbers;
+``with_multipliers`` says at the top which transform the multipliers apply to.
+
+The wrapper splits the (device, dtype) groups of ``tx`` further by multiplier value, like
+torch param groups, and hands each group's multipliers to the members through the ``TreeInfo``:
 ``scale_by_learning_rate`` uses ``lr * lr_mult`` (a schedule re-based at ``base * lr_mult``),
 ``add_decayed_weights`` uses ``weight_decay * decay_mult`` wherever it sits (L2 before the
 direction, decoupled after it), and the fused kernels run once per group with that group's
 ``lr`` and ``weight_decay``. So ``lr_mult`` scales a parameter's whole update and
-``decay_mult`` only its weight-decay term, and no pass is spent per distinct value. The
-member's own update is the identity and its position in the chain does not matter.
+``decay_mult`` only its weight-decay term, and no pass is spent per distinct value.
 
 :func:`paramwise_multipliers` computes the multipliers from a model exactly as mmengine's
 ``DefaultOptimWrapperConstructor`` computes its param groups.
@@ -29,7 +34,14 @@ from typing import Any
 import attrs
 from torch import Tensor, nn
 
-from functrain.transforms.base import GradientTransformation, stateless_foreach
+from functrain.transforms.base import (
+    GradientTransformation,
+    as_flat,
+    chain,
+    chain_multipliers,
+    from_flat,
+    stateless_foreach,
+)
 from functrain.transforms.kernel_specs import MultiplierSpec
 
 __all__ = [
@@ -38,6 +50,7 @@ __all__ = [
     "mask_multipliers",
     "paramwise_multipliers",
     "trainable_parameters",
+    "with_multipliers",
 ]
 
 _NORM_TYPES = (
@@ -89,10 +102,65 @@ def _as_multiplier(path: str, value: Any) -> Multiplier:
     )
 
 
+def _spec(multipliers: Mapping[str, Any] | Callable[[str], Any]) -> MultiplierSpec:
+    """The per-leaf lookup of ``multipliers`` (a mapping or a callable of the path)."""
+    if callable(multipliers) and not isinstance(multipliers, Mapping):
+        fn = multipliers
+        return MultiplierSpec(lambda path: _as_multiplier(path, fn(path)))
+    if isinstance(multipliers, Mapping):
+        table = {str(k): _as_multiplier(str(k), v) for k, v in multipliers.items()}
+        default = Multiplier()
+        return MultiplierSpec(lambda path: table.get(path, default), tuple(table))
+    raise ValueError(
+        f"multipliers must be a mapping or a callable, got {type(multipliers).__name__}"
+    )
+
+
+def with_multipliers(
+    tx: GradientTransformation, multipliers: Mapping[str, Any] | Callable[[str], Any]
+) -> GradientTransformation:
+    """Run ``tx`` with per-parameter ``lr_mult`` / ``decay_mult`` (mmengine's param groups).
+
+    The same numbers as the member spelling ``chain(tx, mask_multipliers(multipliers))``,
+    fused path included (:func:`functrain.apply_gradients` runs torch's fused kernels once
+    per multiplier group); the state is that chain's, ``(tx's state, EmptyState())``, so a
+    checkpoint of either spelling loads into the other.
+
+    Args:
+        tx: the transform the multipliers apply to (typically the whole optimizer chain).
+            It must not hold multipliers of its own.
+        multipliers: as for :func:`mask_multipliers`: ``{dotted leaf path: Multiplier |
+            (lr_mult, decay_mult) | dict(lr_mult=..., decay_mult=...)}`` (unlisted leaves
+            get 1, 1) or a callable ``path -> any of those``.
+
+    Raises:
+        ValueError: ``tx`` already holds multipliers, or ``multipliers`` is malformed (the
+            message names the path).
+
+    Example:
+        >>> tx = with_multipliers(sgd(lr=0.02, momentum=0.9, weight_decay=1e-4),
+        ...                       {"head.weight": (10.0, 1.0), "head.bias": (10.0, 0.0)})
+    """
+    inner = as_flat(tx)
+    if isinstance(inner.fusion, MultiplierSpec) or chain_multipliers(inner.parts) is not None:
+        raise ValueError(
+            f"with_multipliers: {inner.name} already holds multipliers (a mask_multipliers "
+            "member); give the mapping once, merged"
+        )
+    flat = as_flat(chain(tx, mask_multipliers(multipliers)))
+    shown = "<callable>" if callable(multipliers) else f"{len(multipliers)} paths"
+    return from_flat(attrs.evolve(flat, name=f"with_multipliers({inner.name}, {shown})"))
+
+
 def mask_multipliers(
     multipliers: Mapping[str, Any] | Callable[[str], Any],
 ) -> GradientTransformation:
-    """Declare per-parameter ``lr_mult`` / ``decay_mult`` for the chain this is a member of.
+    """Declare per-parameter ``lr_mult`` / ``decay_mult`` for the chain this is a member of:
+    the member spelling of :func:`with_multipliers`, kept working.
+
+    ``chain(a, b, mask_multipliers(m))`` computes what ``with_multipliers(chain(a, b), m)``
+    does; the member's own update is the identity, its position in the chain does not
+    matter, and a chain holds at most one.
 
     Args:
         multipliers: a mapping from dotted leaf path to a :class:`Multiplier`, a
@@ -109,18 +177,7 @@ def mask_multipliers(
         >>> tx = chain(sgd(lr=0.02, momentum=0.9, weight_decay=1e-4),
         ...            mask_multipliers({"head.weight": (10.0, 1.0), "head.bias": (10.0, 0.0)}))
     """
-    if callable(multipliers) and not isinstance(multipliers, Mapping):
-        fn = multipliers
-        spec = MultiplierSpec(lambda path: _as_multiplier(path, fn(path)))
-    elif isinstance(multipliers, Mapping):
-        table = {str(k): _as_multiplier(str(k), v) for k, v in multipliers.items()}
-        default = Multiplier()
-        spec = MultiplierSpec(lambda path: table.get(path, default), tuple(table))
-    else:
-        raise ValueError(
-            f"multipliers must be a mapping or a callable, got {type(multipliers).__name__}"
-        )
-
+    spec = _spec(multipliers)
     return stateless_foreach(lambda updates, params: updates, name="mask_multipliers", fusion=spec)
 
 
