@@ -570,3 +570,26 @@ def test_pure_update_leaves_its_inputs_untouched(name):
 @pytest.mark.parametrize("name", sorted(WRAPPERS))
 def test_grad_through_four_steps_matches_finite_differences(name):
     check_meta_gradient(WRAPPERS[name](), steps=4, problem=small_problem)
+
+
+@pytest.mark.parametrize("wrap", ["named_chain", "masked", "partition", "accumulate"])
+def test_asgd_averaged_params_finds_its_state_inside_combinators(wrap):
+    """One state walker (state_path) for every helper: asgd_averaged_params used to search
+    plain tuples only and found nothing inside named_chain / masked / partition."""
+    from functrain.transforms.asgd import asgd_averaged_params
+
+    params = {"a": torch.ones(2), "b": torch.ones(3)}
+    grads = {"a": torch.full((2,), 0.5), "b": torch.full((3,), 0.25)}
+    opt = ft.asgd(lr=0.1, t0=0)
+    tx, covered = {
+        "named_chain": (ft.named_chain(("opt", opt)), ("a", "b")),
+        "masked": (ft.masked(opt, {"a": True, "b": False}), ("a",)),
+        "partition": (ft.partition({"x": opt, "y": ft.sgd(0.1)}, {"a": "x", "b": "y"}), ("a",)),
+        "accumulate": (ft.accumulate(opt, 1), ("a", "b")),
+    }[wrap]
+    new, state = ft.apply_gradients(tx, params, grads, tx.init(params))
+    averaged = asgd_averaged_params(state, {k: new[k] for k in covered})
+    # With t0=0 the average after one step is that step's parameters (ax = p exactly: torch's
+    # ASGD copies them when mu == 1).
+    assert sorted(averaged) == list(covered)
+    assert all(torch.equal(averaged[k], new[k]) for k in covered)

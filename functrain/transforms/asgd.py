@@ -21,6 +21,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.kernel_specs import Kernel
+from functrain.transforms.state_path import find_one
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten, foreach_clone
 
@@ -226,20 +227,12 @@ def _scaled_step(
     return add_updates(params, updates, info), state
 
 
-def _find_asgd_states(state: Any) -> list[ScaleByAsgdState]:
-    if isinstance(state, ScaleByAsgdState):
-        return [state]
-    if isinstance(state, tuple | list):
-        return [s for item in state for s in _find_asgd_states(item)]
-    return []
-
-
 def asgd_averaged_params(state: Any, params: PyTree) -> PyTree:
     """The averaged parameters (torch's ``ax``) of an ASGD state, as a tree shaped like ``params``.
 
     Args:
         state: the state of :func:`asgd` or :func:`scale_by_asgd`, or of a chain holding one
-            (searched through nested tuples).
+            (searched through chains, named chains, ``masked``, ``partition``...).
         params: any tree with the parameters' structure (the current parameters).
 
     Returns:
@@ -256,16 +249,12 @@ def asgd_averaged_params(state: Any, params: PyTree) -> PyTree:
         >>> params, state = apply_gradients(tx, params, grads, state)  # doctest: +SKIP
         >>> averaged = asgd_averaged_params(state, params)  # doctest: +SKIP
     """
-    found = _find_asgd_states(state)
-    if len(found) != 1:
-        raise ValueError(
-            f"asgd_averaged_params: expected a state holding one ScaleByAsgdState, found "
-            f"{len(found)}"
-        )
+    # Searched through chains, named chains, masked, partition, accumulate... (state_path).
+    found = find_one(state, ScaleByAsgdState, "asgd_averaged_params")
     _, info = flatten(params)
-    parts.check_state_paths("asgd_averaged_params", found[0].paths, info)
+    parts.check_state_paths("asgd_averaged_params", found.paths, info)
     return optree.tree_unflatten(
-        optree.tree_structure(params, namespace=NAMESPACE), list(found[0].ax)
+        optree.tree_structure(params, namespace=NAMESPACE), list(found.ax)
     )
 
 

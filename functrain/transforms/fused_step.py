@@ -27,6 +27,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from functrain.transforms import state_path
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -118,16 +119,12 @@ def fusion_plan(tx: GradientTransformation) -> FusionPlan | None:
 
 
 def _get(state: Any, path: Path) -> Any:
-    for i in path:
-        state = state[i]
-    return state
+    # A member's path is its index in each nested chain's state tuple.
+    return state_path.get(state, tuple(("item", i) for i in path))
 
 
 def _set(state: Any, path: Path, value: Any) -> Any:
-    if not path:
-        return value
-    i = path[0]
-    return state[:i] + (_set(state[i], path[1:], value),) + state[i + 1 :]
+    return state_path.replace(state, tuple(("item", i) for i in path), value)
 
 
 class _NestedMultipliers(Exception):
