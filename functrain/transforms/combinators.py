@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
+from functrain.transforms.leaf_subsets import is_bool, leaf_values, run_on_subset, subset_info
 from functrain.tree import NAMESPACE, PyTree, TreeInfo
 
 __all__ = [
@@ -59,112 +59,6 @@ State = Any
 Mask = PyTree | Callable[..., bool]
 
 
-# --------------------------------------------------------------------------- subsets
-
-
-@functools.lru_cache(maxsize=256)
-def _subset_layout(
-    treespec: optree.PyTreeSpec,
-    groups: tuple[tuple[int, ...], ...],
-    multipliers: tuple[Any, ...] | None,
-    indices: tuple[int, ...],
-) -> tuple[optree.PyTreeSpec, tuple[tuple[int, ...], ...], tuple[Any, ...] | None]:
-    keep = set(indices)
-    # The original structure with every dropped leaf replaced by None (an empty subtree in
-    # optree): the kept leaves keep their order and their dotted paths, and a tree-level
-    # inner transform sees the nested tree with None where a leaf was masked out (optax's
-    # MaskedNode).
-    skeleton = optree.tree_unflatten(
-        treespec, [0 if i in keep else None for i in range(treespec.num_leaves)]
-    )
-    sub_spec = optree.tree_structure(skeleton, namespace=NAMESPACE)
-    position = {old: new for new, old in enumerate(indices)}
-    sub_groups: list[tuple[int, ...]] = []
-    sub_mults: list[Any] = []
-    for g, idx in enumerate(groups):
-        sub = tuple(position[i] for i in idx if i in keep)
-        if sub:
-            sub_groups.append(sub)
-            if multipliers is not None:
-                sub_mults.append(multipliers[g])
-    return sub_spec, tuple(sub_groups), None if multipliers is None else tuple(sub_mults)
-
-
-def subset_info(info: TreeInfo, indices: Sequence[int]) -> TreeInfo:
-    """A :class:`TreeInfo` for the leaves ``indices`` (increasing) of ``info``'s tree.
-
-    Its paths are those leaves' dotted paths, its groups are ``info``'s groups restricted to
-    the subset (renumbered, empty ones dropped; any per-group multipliers follow their
-    group), and ``donate`` is ``info``'s. Cached per (structure, subset).
-
-    Example:
-        >>> leaves, info = flatten({"a": torch.ones(2), "b": torch.ones(3), "c": torch.ones(1)})
-        >>> subset_info(info, (0, 2)).paths
-        ('a', 'c')
-    """
-    indices = tuple(indices)
-    if len(indices) == info.num_leaves:
-        return info
-    multipliers = info.multipliers
-    spec, groups, mults = _subset_layout(info.treespec, info.groups, multipliers, indices)
-    changes: dict[str, Any] = {"treespec": spec, "groups": groups}
-    if multipliers is not None:
-        changes["multipliers"] = mults
-    return attrs.evolve(info, **changes)
-
-
-def _leaf_values(
-    spec: Any,
-    params: list[Tensor],
-    info: TreeInfo,
-    argname: str,
-    check: Callable[[Any], bool],
-    expected: str,
-) -> tuple[Any, ...]:
-    """One value per leaf from a pytree prefix or a callable over ``(path[, leaf])``."""
-    paths = info.paths
-    if callable(spec) and not isinstance(spec, Tensor):
-        takes_leaf = _arity(spec) >= 2
-        values = tuple(
-            spec(path, leaf) if takes_leaf else spec(path)
-            for path, leaf in zip(paths, params, strict=True)
-        )
-    else:
-        try:
-            values = tuple(
-                optree.broadcast_prefix(spec, info.unflatten(params), namespace=NAMESPACE)
-            )
-        except ValueError as err:
-            raise ValueError(
-                f"{argname} must be a pytree prefix of the parameters or a callable over leaf "
-                f"paths: {err}"
-            ) from None
-    for path, value in zip(paths, values, strict=True):
-        if not check(value):
-            raise ValueError(
-                f"{argname} gives {value!r} ({type(value).__name__}) for leaf {path!r}; "
-                f"expected {expected}"
-            )
-    return values
-
-
-def _arity(fn: Callable[..., Any]) -> int:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return 2
-    return sum(
-        p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        for p in params
-    )
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
 # --------------------------------------------------------------------------- masked
 
 
@@ -181,34 +75,6 @@ class MaskedState:
     inner_state: Any
     indices: tuple[int, ...] = static_field()
     paths: tuple[str, ...] = static_field()
-
-
-def _run_on_subset(
-    inner: FlatTransform,
-    indices: tuple[int, ...],
-    updates: list[Tensor],
-    inner_state: State,
-    params: list[Tensor] | None,
-    info: TreeInfo,
-    out: list[Tensor],
-    extra: dict[str, Any],
-) -> State:
-    """Run ``inner`` on the leaves ``indices``, writing its updates into ``out``."""
-    if not indices:
-        # No leaf: nothing to update (foreach ops reject empty lists); the state stays.
-        return inner_state
-    sub = subset_info(info, indices)
-    if sub is info:
-        new, inner_state = inner.update(updates, inner_state, params, info, **extra)
-        out[:] = new
-        return inner_state
-    sub_params = None if params is None else [params[i] for i in indices]
-    new, inner_state = inner.update(
-        [updates[i] for i in indices], inner_state, sub_params, sub, **extra
-    )
-    for i, u in zip(indices, new, strict=True):
-        out[i] = u
-    return inner_state
 
 
 def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
@@ -234,7 +100,7 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
     _check_mask(mask, "mask")
 
     def init(params: list[Tensor], info: TreeInfo) -> MaskedState:
-        values = _leaf_values(mask, params, info, "mask", _is_bool, "a bool")
+        values = leaf_values(mask, params, info, "mask", is_bool, "a bool")
         indices = tuple(i for i, v in enumerate(values) if v)
         sub = subset_info(info, indices)
         inner_state = flat.init([params[i] for i in indices], sub)
@@ -250,7 +116,7 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
         _check_record("masked", state, MaskedState)
         check_state_paths("masked", state.paths, info)
         out = list(updates)
-        inner_state = _run_on_subset(
+        inner_state = run_on_subset(
             flat, state.indices, updates, state.inner_state, params, info, out, extra
         )
         return out, MaskedState(inner_state, state.indices, state.paths)
@@ -326,7 +192,7 @@ def partition(
             return False
 
     def init(params: list[Tensor], info: TreeInfo) -> PartitionState:
-        leaf_labels = _leaf_values(
+        leaf_labels = leaf_values(
             labels, params, info, "labels", _is_label, f"one of {list(flats)!r}"
         )
         states = {}
@@ -348,7 +214,7 @@ def partition(
         states = {}
         for label, flat in flats.items():
             indices = _label_indices(state.labels, label)
-            states[label] = _run_on_subset(
+            states[label] = run_on_subset(
                 flat, indices, updates, state.inner_states[label], params, info, out, extra
             )
         return out, PartitionState(states, state.labels, state.paths)
