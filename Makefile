@@ -35,10 +35,10 @@ test: $(STAMP)
 # restricted alike, to AVX2 and to the pre-AVX baseline. One thread, as the tensors are small.
 # `make -k test-kernels` runs both even when the first fails (what .ci/run does).
 KERNEL_TESTS := tests/test_parity_torch.py tests/test_config_mmengine.py \
-	tests/test_loop_mmengine.py tests/test_optim_lbfgs.py tests/test_loop_amp.py \
-	tests/test_loop_resume.py tests/test_optimizers_torch.py tests/test_schedules_mmengine.py \
-	tests/test_torch_optimizer.py tests/test_loop_step.py tests/test_loss_scaling.py \
-	tests/test_accumulation.py
+	tests/test_loop_mmengine.py tests/test_loop_amp.py tests/test_loop_resume.py \
+	tests/test_optimizers_torch.py $(sort $(wildcard tests/test_optim_*.py)) \
+	tests/test_schedules_mmengine.py tests/test_torch_optimizer.py tests/test_loop_step.py \
+	tests/test_loss_scaling.py tests/test_accumulation.py
 KERNEL_PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
 
 test-kernels: test-kernels-avx2 test-kernels-default
