@@ -4,6 +4,10 @@ A transform evaluates a scheduled hyperparameter at its own step count (the numb
 applied so far, as ``scale_by_learning_rate`` does), on the device, without a host sync, and
 keeps the value in force in its state for loggers. A constant stays a Python float, which
 torch's fused kernels take directly; a scheduled one makes the transform use its foreach path.
+
+Which recorded values a transform reads back from its state (and so can be set without
+rebuilding it: :func:`functrain.set_hyperparam`, ``ReduceOnPlateauCallback``) is listed once,
+in :data:`functrain.transforms.state_values.HYPERPARAMETERS`.
 """
 
 from __future__ import annotations
