@@ -475,6 +475,7 @@ CASES = [
 
 
 def case_id(name: str, options: dict) -> str:
+    """The test id of a case: the config's name, ``_accumulate`` with accumulative_counts."""
     return name[:-3] + ("_accumulate" if "optim_wrapper.accumulative_counts" in options else "")
 
 
@@ -614,8 +615,12 @@ def test_config_matches_mmengine_runner(tmp_path, name, options):
         assert val_err <= one_image, (ft.val, mm.val)
     model_cfg = {k: v for k, v in cfg["model"].items() if k != "type"}
     assert abs(val_accuracy(ft.last, model_cfg) - ft.val[-1]["accuracy"]) <= one_image
-    with_mm_noise = {**ft.last, **{k: mm.last[k] for k in noise}}
-    assert abs(val_accuracy(with_mm_noise, model_cfg) - mm.val[-1]["accuracy"]) <= one_image
+    # Only where the other parameters agree closely: in a run that rounds differently they may
+    # end as far apart as the bound above allows (4e-3 for the cyclic run with the baseline
+    # kernels), and then a few predictions may differ for that reason alone.
+    if key in BITWISE or last["params"] <= 1e-5:
+        with_mm_noise = {**ft.last, **{k: mm.last[k] for k in noise}}
+        assert abs(val_accuracy(with_mm_noise, model_cfg) - mm.val[-1]["accuracy"]) <= one_image
 
     print(
         f"\n{key}: {n_iter} iters; max rel diff: lr {lr_err:.1e}, momentum {mom_err:.1e}; "
