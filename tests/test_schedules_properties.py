@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import math
 
 import attrs
 import pytest
@@ -52,7 +53,8 @@ def test_any_order_of_steps_gives_the_same_values(schedule, steps):
     """A schedule is a pure function: no hidden state depends on call order."""
     once = schedule(torch.tensor(steps)).tolist()
     for t, value in zip(reversed(steps), reversed(once), strict=True):
-        assert testing._close(schedule(t), value, 1e-12)
+        # The int and vector forms may round differently (scalar vs vectorised kernels).
+        assert math.isclose(schedule(t), value, rel_tol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)
@@ -156,7 +158,9 @@ def test_strategies_draw_what_they_promise():
         "functrain.schedules._mmengine",
         "functrain.schedules._plateau",
         "functrain.schedules._plot",
-        "functrain.testing",
+        "functrain.testing.strategies",
+        "functrain.testing.checkers",
+        "functrain.testing.reference",
     ],
 )
 def test_docstring_examples_run(module):
