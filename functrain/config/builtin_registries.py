@@ -75,8 +75,7 @@ FUNCTIONS = _registry("FUNCTIONS", "function")
 def _register_builtins() -> None:
     from functrain import callbacks as cb
     from functrain import loops
-    from functrain.schedules._mmengine import PLATEAU_TYPES as _PLATEAU_TYPES
-    from functrain.schedules._mmengine import SCHEDULER_TYPES as _TYPES
+    from functrain.schedules._mmengine import PLATEAU_TYPES, SCHEDULER_TYPES
     from functrain.transforms.torch_names import EXTRA_OPTIMIZERS, TORCH_OPTIMIZERS
 
     for name, factory in {**TORCH_OPTIMIZERS, **EXTRA_OPTIMIZERS}.items():
@@ -87,7 +86,7 @@ def _register_builtins() -> None:
         "DefaultOptimWrapperConstructor",
         module=Lazy("functrain.config.paramwise:DefaultOptimWrapperConstructor"),
     )
-    for name in (*_TYPES, *_PLATEAU_TYPES):
+    for name in (*SCHEDULER_TYPES, *PLATEAU_TYPES):
         PARAM_SCHEDULERS.register_module(name, module=name)  # built by from_mmengine
     hooks = {
         ("IterTimerHook", "IterTimer"): cb.IterTimer,

@@ -14,8 +14,7 @@ from functrain.config.builtin_registries import PARAM_SCHEDULERS
 from functrain.config.errors import ConfigError, error_text, suggest
 from functrain.config.registry_class import call
 from functrain.schedules import ReduceOnPlateau, from_mmengine, mmengine_target
-from functrain.schedules._mmengine import PLATEAU_TYPES as _PLATEAU_TYPES
-from functrain.schedules._mmengine import SCHEDULER_TYPES as _TYPES
+from functrain.schedules._mmengine import PLATEAU_TYPES, SCHEDULER_TYPES
 from functrain.transforms.validation import (
     MOMENTUM,
     NONNEGATIVE,
@@ -93,12 +92,12 @@ def build_schedules(
     """``{hyperparameter: schedule}`` and the plateau items (``paths``: each item's path in
     the config, for errors). Each schedule in ``valid`` (``{hyperparameter: (optimizer key,
     valid range)}``) is checked over the whole run (see :func:`_check_schedule_range`)."""
-    builtin = set(_TYPES) | set(_PLATEAU_TYPES)
+    builtin = set(SCHEDULER_TYPES) | set(PLATEAU_TYPES)
     targets: dict[str, list[int]] = {}
     plateaus = []
     for i, item in enumerate(items):
         where = paths[i]
-        if not by_epoch_loop and item.get("by_epoch", True) and item["type"] in _TYPES:
+        if not by_epoch_loop and item.get("by_epoch", True) and item["type"] in SCHEDULER_TYPES:
             raise ConfigError(
                 f"{where}.by_epoch",
                 f"{item['type']} is by_epoch (the default) but train_cfg is iteration-based: "
@@ -117,7 +116,7 @@ def build_schedules(
                 raise _scheduler_error(where, err, [where]) from err
         else:
             target = str(item.get("param_name", "lr"))
-        if item["type"] in _PLATEAU_TYPES:
+        if item["type"] in PLATEAU_TYPES:
             try:
                 plateaus.append((ReduceOnPlateau.from_mmengine(item), target))
             except (ValueError, TypeError) as err:
