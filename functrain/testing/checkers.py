@@ -283,8 +283,8 @@ def check_matches_recursion(schedule: Schedule, steps: int | None = None) -> Non
         >>> from functrain.schedules import cosine_annealing_lr
         >>> check_matches_recursion(cosine_annealing_lr(1.0, T_max=5, eta_min=0.1))
     """
-    values = _curve(schedule, steps).tolist()
-    replay = schedule._program._replay(len(values))
+    replay = schedule._program._replay(_steps(schedule, steps))
+    values = schedule(torch.arange(len(replay))).tolist()
     scale = magnitude(schedule, replay)
     assert_matches(values, replay, scale=scale, what=f"{schedule!r} vs. mmengine's recursion")
 

@@ -273,16 +273,16 @@ def schedules(
         >>> @given(schedules())
         ... def test(s): check_finite(s)
     """
+    return _single_schedule(kinds, max_step).filter(_compiles)
 
-    @st.composite
-    def build(draw: Any) -> Schedule:
-        by_epoch = draw(st.booleans())
-        length = draw(st.one_of(st.none(), st.integers(1, 5))) if by_epoch else None
-        steps = max_step // 4 if length else max_step
-        piece = draw(pieces(kinds, max_step=max(steps, 2), by_epoch=by_epoch))
-        return Schedule((piece,), base=draw(bases()), epoch_length=length)
 
-    return build().filter(_compiles)
+@st.composite
+def _single_schedule(draw: Any, kinds: Sequence[str] | None, max_step: int) -> Schedule:
+    by_epoch = draw(st.booleans())
+    length = draw(st.one_of(st.none(), st.integers(1, 5))) if by_epoch else None
+    steps = max_step // 4 if length else max_step
+    piece = draw(pieces(kinds, max_step=max(steps, 2), by_epoch=by_epoch))
+    return Schedule((piece,), base=draw(bases()), epoch_length=length)
 
 
 def schedule_lists(
@@ -305,19 +305,19 @@ def schedule_lists(
         >>> @given(schedule_lists())
         ... def test(s): check_constant_outside_windows(s)
     """
+    return _schedule_list(kinds, max_len, max_step).filter(_compiles)
 
-    @st.composite
-    def build(draw: Any) -> Schedule:
-        length = draw(st.one_of(st.none(), st.integers(1, 6)))
-        n = draw(st.integers(1, max_len))
-        out: list[Piece] = []
-        for _ in range(n):
-            by_epoch = length is not None and draw(st.booleans())
-            steps = max(max_step // length, 2) if by_epoch and length else max_step
-            out.append(draw(pieces(kinds, max_step=steps, by_epoch=by_epoch)))
-        return Schedule(_one_onecycle(out), base=draw(bases()), epoch_length=length)
 
-    return build().filter(_compiles)
+@st.composite
+def _schedule_list(draw: Any, kinds: Sequence[str] | None, max_len: int, max_step: int) -> Schedule:
+    length = draw(st.one_of(st.none(), st.integers(1, 6)))
+    n = draw(st.integers(1, max_len))
+    out: list[Piece] = []
+    for _ in range(n):
+        by_epoch = length is not None and draw(st.booleans())
+        steps = max(max_step // length, 2) if by_epoch and length else max_step
+        out.append(draw(pieces(kinds, max_step=steps, by_epoch=by_epoch)))
+    return Schedule(_one_onecycle(out), base=draw(bases()), epoch_length=length)
 
 
 def _one_onecycle(items: list[Any], is_onecycle: Any = None) -> tuple[Any, ...]:
