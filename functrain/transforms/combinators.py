@@ -26,7 +26,6 @@ import optree
 import torch
 from torch import Tensor
 
-from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     EmptyState,
     FlatTransform,
@@ -38,6 +37,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.leaf_subsets import is_bool, leaf_values, run_on_subset, subset_info
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.tree import NAMESPACE, PyTree, TreeInfo
 
 __all__ = [

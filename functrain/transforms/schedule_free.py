@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
-from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -39,6 +38,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.scaling import add_decayed_weights
 from functrain.transforms.state_path import find_one
 from functrain.transforms.validation import (

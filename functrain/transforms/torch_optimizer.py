@@ -59,7 +59,6 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import torch_optimizer_parts as parts
-from functrain.transforms.adam import check_state_paths
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -69,6 +68,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule
 from functrain.transforms.kernel_specs import Kernel, group_value
+from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.torch_optimizer_parts import Hyper, Layout, Mults, Number
 from functrain.transforms.validation import is_schedule
 from functrain.tree import TreeInfo, foreach_clone
