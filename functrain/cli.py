@@ -13,7 +13,9 @@ schedules.
 ``--resume PATH`` from that file. Several processes: ``torchrun --nproc_per_node=N -m
 functrain.cli train CONFIG --launcher pytorch``. A bad config exits with status 2 and one
 line naming the key at fault; so does a checkpoint that cannot be read (``--resume`` then
-names the newest other checkpoint of the work dir that loads). Config files are Python and
+names the newest other checkpoint of the work dir that loads). A training loss that turns NaN
+or infinite stops the run with one line and status 1 (``default_hooks=dict(terminate_on_nan=None)``
+turns the check off). Config files are Python and
 loading one executes it; checkpoints are loaded with ``weights_only=True`` and never run code.
 """
 
@@ -200,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a bad config or a checkpoint
-    that cannot be loaded, with one line on stderr)."""
+    that cannot be loaded, 1 for a training loss that became non-finite; one line on stderr)."""
+    from functrain.callbacks import NonFiniteLossError
     from functrain.checkpoint import CheckpointError
     from functrain.config.errors import ConfigError, ConfigFileError
 
@@ -210,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ConfigFileError, CheckpointError, FileNotFoundError, SyntaxError) as err:
         print(f"functrain: error: {err}".splitlines()[0], file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        # The run itself failed (not its input): one line, status 1, nothing saved after it.
+        print(f"functrain: {err}".splitlines()[0], file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -392,3 +392,18 @@ def test_resume_pointer_to_a_missing_file_is_an_error_not_a_fresh_start(trained,
     line = one_error_line(capsys.readouterr().err)
     assert "names '/elsewhere/work/epoch_2.pth', which does not exist" in line
     assert f"--resume {work / 'epoch_2.pth'}" in line
+
+
+def test_a_diverging_run_stops_with_one_line_and_status_1(tmp_path, capsys):
+    """An lr of 1e30 makes the loss NaN after the first step: the command line stops at the
+    next check with one line naming the iteration, writes no checkpoint after it, exits 1."""
+    work = tmp_path / "work"
+    argv = ["train", str(EXAMPLES / "digits_multistep_1x.py"), "--work-dir", str(work),
+            "--device", "cpu", "--cfg-options", "optim_wrapper.optimizer.lr=1e30",
+            "train_cfg.max_epochs=2"]  # fmt: skip
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert lines[0].startswith("functrain: training stopped: the loss is nan at iteration 1")
+    assert "last finite loss" in lines[0]
+    assert not list(work.rglob("*.pth"))
