@@ -1,6 +1,6 @@
 """Parts the optimizer modules share: state as torch.optim creates it, hyperparameter values,
-argument checks, the alias re-export, and the gradient prologue of the torch ports' one-pass
-step.
+argument checks (``number`` is :func:`functrain.transforms.validation.number`, re-exported),
+the alias re-export, and the gradient prologue of the torch ports' one-pass step.
 
 The torch.optim ports (:mod:`~functrain.transforms.adamax`,
 :mod:`~functrain.transforms.adadelta`, :mod:`~functrain.transforms.rmsprop`,
@@ -24,7 +24,6 @@ and out-of-place forms of each op give bitwise the same values.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch import Tensor
 
 from functrain.transforms import foreach as fe
 from functrain.transforms.hyperparams import Schedule, value_at
-from functrain.transforms.validation import is_schedule
+from functrain.transforms.validation import is_schedule, number
 from functrain.tree import TreeInfo, describe_mismatch
 
 __all__ = [
@@ -58,10 +57,10 @@ Scalar = float | Tensor
 def reexport_alias(module: str, *names: str) -> Callable[[str], Any]:
     """A module ``__getattr__`` serving ``names`` from :mod:`functrain.transforms.alias`.
 
-    The named compositions (``adamax = chain(...)``) live in ``alias.py``, which imports the
-    modules holding their update rules; each such module re-exports its alias through this,
-    at first access, so that ``from functrain.transforms.adamax import adamax`` keeps working
-    without an import cycle.
+    The named compositions (``adamax = chain(...)``) live in the ``aliases_*`` modules (all
+    re-exported by ``alias.py``), which import the modules holding their update rules; each
+    such module re-exports its alias through this, at first access, so that ``from
+    functrain.transforms.adamax import adamax`` keeps working without an import cycle.
     """
 
     def __getattr__(name: str) -> Any:
@@ -72,14 +71,6 @@ def reexport_alias(module: str, *names: str) -> Callable[[str], Any]:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return __getattr__
-
-
-def number(name: str, value: Any) -> float:
-    """``value`` as a float, or a ``ValueError`` naming ``name`` when it is not a number (a bool,
-    a string, NaN)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"Invalid {name}: {value!r}; {name} must be a number")
-    return float(value)
 
 
 def require_params(name: str, params: list[Tensor] | None) -> list[Tensor]:

@@ -43,8 +43,10 @@ __all__ = [
     "check_positive",
     "check_schedule",
     "check_unit_interval",
+    "checked_betas",
     "first_out_of_range",
     "is_schedule",
+    "number",
     "schedule_horizon",
 ]
 
@@ -90,7 +92,11 @@ def is_schedule(value: Any) -> bool:
     return callable(value) and not isinstance(value, Tensor)
 
 
-def _number(name: str, value: Any) -> float:
+def number(name: str, value: Any) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``name`` and ``value`` when it is not a
+    number: a bool (``True`` is an int to Python, never a hyperparameter), a string or any
+    other non-number, or NaN (which every range check would let through, NaN comparing False).
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     if math.isnan(value):
@@ -169,7 +175,7 @@ def _check(name: str, value: Any, valid: Range, allow_schedule: bool) -> None:
     if allow_schedule and is_schedule(value):
         check_schedule(name, value, valid)
         return
-    if not valid.holds(_number(name, value)):
+    if not valid.holds(number(name, value)):
         raise ValueError(f"Invalid {name}: {value!r}; {valid.describe(name)}")
 
 
@@ -180,7 +186,7 @@ def check_nonnegative(name: str, value: Any, *, allow_schedule: bool = False) ->
 
 def check_positive(name: str, value: Any) -> None:
     """``value > 0``."""
-    if _number(name, value) <= 0:
+    if number(name, value) <= 0:
         raise ValueError(f"Invalid {name}: {value!r}; {name} must be > 0")
 
 
@@ -213,3 +219,13 @@ def check_callable(name: str, value: Any) -> Callable[..., Any]:
     if not callable(value):
         raise ValueError(f"{name} must be callable, got {value!r}")
     return value
+
+
+def checked_betas(lr: Any, betas: Any, weight_decay: Any) -> tuple[Any, float]:
+    """``betas`` checked (see :func:`check_betas`), after ``lr`` and before ``weight_decay``
+    (both >= 0 or schedules): the Adam-like optimizers' arguments in the order in which torch
+    reports the first bad one."""
+    check_nonnegative("lr", lr, allow_schedule=True)
+    betas = check_betas(betas)
+    check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    return betas
