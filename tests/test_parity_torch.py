@@ -33,18 +33,18 @@ from tests.conftest import make_tree
 STEPS = 100
 
 
-def assert_rel(actual, expected, initial, rtol, what):
-    """Leafwise ``|a - e| <= rtol * (|e| + scale)``, ``scale = max(max|initial|, max|e|)``.
+def assert_rel(actual, expected, initial, rtol, what, atol=0.0):
+    """Leafwise ``|a - e| <= rtol * (|e| + scale) + atol``, ``scale = max(max|initial|, max|e|)``.
 
     The error is relative to the value, or to the leaf's scale where a parameter has crossed
     zero (a float32 parameter near 0 carries the absolute rounding errors of its earlier,
-    larger values).
+    larger values); ``atol`` adds an absolute bound where the caller derives one.
     """
     paths, leaves_a, leaves_e = _paths_and_leaves(actual, expected)
     for path, a, e, p0 in zip(paths, leaves_a, leaves_e, optree.tree_leaves(initial), strict=True):
         scale = torch.maximum(p0.abs().max(), e.abs().max())
         err = (a - e).abs()
-        assert bool((err <= rtol * (e.abs() + scale)).all()), (
+        assert bool((err <= rtol * (e.abs() + scale) + atol).all()), (
             f"{what}: leaf {path!r} differs by {err.max().item():.3g} "
             f"(relative to its scale {(err.max() / scale).item():.3g})"
         )
@@ -101,7 +101,16 @@ def grads_sequence(seed, dtype, steps=STEPS):
     return [make_tree(dtype=dtype, generator=gen, scale=10 ** ((i % 4) - 2)) for i in range(steps)]
 
 
-def check_all(tx, torch_opt, torch_fused_opt, clip, seed, dtype, update_rtol=None):
+def check_all(
+    tx, torch_opt, torch_fused_opt, clip, seed, dtype, update_rtol=None, folded_clip_gain=0.0
+):
+    """The four functrain paths against torch.optim (single-tensor and fused=True).
+
+    ``folded_clip_gain``: by how much the optimizer can turn a difference in one step's gradient
+    into a difference in the parameters, summed over the following steps (SGD with momentum
+    ``mu``: ``lr (1 + mu) / (1 - mu)``); where a float32 clip is folded into the fused kernel, it
+    bounds the extra difference of the fused path (see below).
+    """
     gen = torch.Generator().manual_seed(seed + 1)
     params = make_tree(dtype=dtype, generator=gen)
     grads_seq = grads_sequence(seed, dtype)
@@ -115,14 +124,23 @@ def check_all(tx, torch_opt, torch_fused_opt, clip, seed, dtype, update_rtol=Non
     # sqrt(100) ulps of the leaf's scale as a random walk (6e-7 in float32, 1e-15 in float64).
     rtol = 1e-6 if dtype == torch.float32 else 1e-12
     assert_rel(runs["pure"], reference, params, update_rtol or rtol, "pure path vs torch.optim")
-    assert_rel(runs["fused-pure"], reference, params, rtol, "fused path vs torch.optim")
+    # A float32 clip folded into the kernel computes g / fl(1 / c) where clip_grad_norm_
+    # computes g * c: within 2**-22 relative (two roundings and fl(1 / c)), on the steps where
+    # the clip engages, where every entry is at most max_norm (|g_i| <= ||g||_p). Summed over
+    # the steps, at most STEPS * 2**-22 * max_norm * folded_clip_gain apart (e.g. 2.4e-5 for
+    # SGD at lr 0.1, momentum 0.9, max_norm 1; measured 5.4e-7).
+    folded = clip is not None and dtype == torch.float32
+    atol = STEPS * 2.0**-22 * clip[0] * folded_clip_gain if folded else 0.0
+    assert_rel(runs["fused-pure"], reference, params, rtol, "fused path vs torch.optim", atol)
     fused_reference = torch_run(torch_fused_opt, params, grads_seq, clip)
     if clip is None or dtype == torch.float64:
         # the same fused kernel on the same inputs (float64: the same clip ops first)
         assert_bitwise(runs["fused-pure"], fused_reference, "fused path vs torch.optim(fused=True)")
     else:
         # The clip is folded into the kernel's grad_scale: g / (1 / c) instead of g * c.
-        assert_rel(runs["fused-pure"], fused_reference, params, rtol, "fused path vs fused torch")
+        assert_rel(
+            runs["fused-pure"], fused_reference, params, rtol, "fused path vs fused torch", atol
+        )
 
 
 clips = st.one_of(
@@ -165,6 +183,9 @@ def test_sgd_parity(lr, momentum, dampening, weight_decay, nesterov, maximize, c
         clip,
         seed,
         dtype,
+        # a gradient difference reaches the momentum buffer, which adds it up with weights
+        # mu**k (dampening only shrinks them; nesterov adds mu * buf once more)
+        folded_clip_gain=lr * (1 + momentum) / (1 - momentum),
     )
 
 
