@@ -31,9 +31,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import attrs
-from torch import Tensor
-
 from functrain.callbacks.base import Callback
 from functrain.callbacks.history import ScalarHistory
 
@@ -82,19 +79,9 @@ def handles_non_finite(opt_state: Any) -> bool:
     :func:`~functrain.loss_scaling` state (transforms that skip non-finite steps)."""
     from functrain.transforms.combinators import ApplyIfFiniteState
     from functrain.transforms.loss_scaling import LossScaleState
+    from functrain.transforms.state_path import find
 
-    def visit(node: Any) -> bool:
-        if isinstance(node, ApplyIfFiniteState | LossScaleState):
-            return True
-        if isinstance(node, tuple | list):
-            return any(visit(child) for child in node if not isinstance(child, Tensor))
-        if isinstance(node, dict):
-            return any(visit(child) for child in node.values())
-        if attrs.has(type(node)):
-            return any(visit(getattr(node, f.name)) for f in attrs.fields(type(node)))
-        return False
-
-    return visit(opt_state)
+    return bool(find(opt_state, lambda node: isinstance(node, ApplyIfFiniteState | LossScaleState)))
 
 
 class TerminateOnNaN(Callback):
