@@ -271,6 +271,7 @@ class Config(ConfigDict):
         return it when ``file`` is None.
 
         Example:
+            >>> from functrain.config import load_config
             >>> cfg = Config(dict(lr=0.01, param_scheduler=[dict(type='LinearLR', end=500)]))
             >>> cfg.dump('/tmp/functrain_dump_example.py')
             >>> load_config('/tmp/functrain_dump_example.py') == cfg

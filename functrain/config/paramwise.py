@@ -32,6 +32,7 @@ class DefaultOptimWrapperConstructor:
         paramwise_cfg: its ``paramwise_cfg``.
 
     Example:
+        >>> from functrain.config import OPTIM_WRAPPER_CONSTRUCTORS
         >>> @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
         ... class NoDecayOnNorms(DefaultOptimWrapperConstructor):
         ...     def __call__(self, model):

@@ -235,6 +235,7 @@ def set_to_zero() -> GradientTransformation:
     """Replace every update by zeros (optax's ``set_to_zero``); stateless.
 
     Example:
+        >>> labels = lambda path: "frozen" if path.startswith("backbone") else "train"
         >>> tx = partition({"train": adam(1e-3), "frozen": set_to_zero()}, labels)
     """
 

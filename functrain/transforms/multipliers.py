@@ -228,6 +228,7 @@ def paramwise_multipliers(
             without weight decay, a shared parameter without ``bypass_duplicate=True``.
 
     Example:
+        >>> model = torch.nn.ModuleDict(dict(backbone=torch.nn.Linear(4, 4), head=torch.nn.Linear(4, 2)))
         >>> mults = paramwise_multipliers(model, dict(custom_keys={"backbone": dict(lr_mult=0.1)},
         ...                                            norm_decay_mult=0.0), weight_decay=0.05)
     """

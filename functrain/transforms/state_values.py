@@ -11,6 +11,7 @@ record fields hold which value, and which of them a transform reads back (may be
 the one table :data:`HYPERPARAMETERS`; the walking is :mod:`functrain.transforms.state_path`.
 
 Example:
+    >>> cosine_schedule = functrain.schedules.cosine_annealing_lr(1e-3, T_max=1000)
     >>> tx = chain(clip(1.0), adamw(lr=cosine_schedule))
     >>> values_in_force(state)  # doctest: +SKIP
     {'grad_norm': tensor(0.73), 'momentum': tensor(0.9, dtype=torch.float64),

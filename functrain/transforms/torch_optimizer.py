@@ -472,6 +472,7 @@ def torch_optimizer_factory(
     ``lr`` a scheduler starts from) exactly as for functrain's own optimizers.
 
     Example:
+        >>> import inspect
         >>> make = torch_optimizer_factory(torch.optim.SGD)
         >>> "momentum" in inspect.signature(make).parameters
         True
