@@ -347,9 +347,9 @@ def muon(
     is the chain's state.
 
     Args:
-        lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
-        adjust_lr_fn: as ``torch.optim.Muon`` (``lr``, ``weight_decay`` and ``momentum``
-            may be schedules of the step).
+        lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn:
+            as ``torch.optim.Muon`` (``lr``, ``weight_decay`` and ``momentum`` may be
+            schedules of the step).
         fallback: the transform for the leaves Muon does not take.
         mask: ``(path, param) -> bool`` choosing Muon's leaves (each must be 2-d).
         ns_dtype: dtype of the Newton-Schulz iteration (torch's bfloat16 by default).
