@@ -27,6 +27,7 @@ from functrain.transforms.adagrad import (
 from functrain.transforms.adam import ScaleByAdamState, scale_by_adam, scale_by_adamw
 from functrain.transforms.adamax import ScaleByAdamaxState, adamax, scale_by_adamax
 from functrain.transforms.alias import adam, adamw, sgd
+from functrain.transforms.as_torch import FunctrainOptimizer, as_torch_optimizer
 from functrain.transforms.asgd import ScaleByAsgdState, asgd, asgd_averaged_params, scale_by_asgd
 from functrain.transforms.base import (
     EmptyState,
@@ -115,6 +116,7 @@ __all__ = [
     "AccumulateState",
     "AdagradLearningRate",
     "ApplyIfFiniteState",
+    "FunctrainOptimizer",
     "ClipState",
     "DecayState",
     "DecoupledDecayState",
@@ -158,6 +160,7 @@ __all__ = [
     "apply_gradients",
     "apply_if_finite",
     "apply_updates",
+    "as_torch_optimizer",
     "asgd",
     "asgd_averaged_params",
     "chain",
