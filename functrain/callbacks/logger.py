@@ -14,6 +14,10 @@ Under ``torch.distributed`` every rank computes the same records (``runner.log_r
 but only rank 0 prints them and writes the JSON lines and TensorBoard files (the runner's
 logger on other ranks shows warnings and errors only). The values are rank 0's: the losses
 of rank 0's batches, as mmengine logs.
+
+When the runner has a ``visualizer`` (a config's ``visualizer=dict(...)``), every record
+written to ``scalars.json`` also goes to it (``runner.visualizer.add_scalars``), as mmengine's
+``LoggerHook`` sends its records to ``runner.visualizer``.
 """
 
 from __future__ import annotations
@@ -241,6 +245,12 @@ class Logger(Callback):
         if self.json_path is not None:
             with open(self.json_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        visualizer = getattr(runner, "visualizer", None)
+        if visualizer is not None and "step" in record:
+            # The same record and step to every visualization backend (rank 0 only: the
+            # visualizer does nothing elsewhere); trackers name the curves "<mode>/<key>".
+            scalars = {k: v for k, v in record.items() if k != "step"}
+            visualizer.add_scalars(scalars, step=record["step"], prefix=f"{mode}/")
         if self._writer is not None and "step" in record:
             step = record["step"]
             for k, v in record.items():

@@ -71,7 +71,6 @@ KNOWN_KEYS = (
 )  # fmt: skip
 _IGNORED_WITH_NOTE = {
     "log_processor": "the logger's window_size / by_epoch options are on LoggerHook",
-    "visualizer": "functrain logs scalars as JSON lines and plots curves with CurvesPlot",
 }
 #: MMCV 1.x / MMDetection 2.x keys: mmengine's runner ignores them, so a config that still
 #: has them trains without what they say. Building warns, naming the replacement.
@@ -317,6 +316,29 @@ def _sharded_checkpoint_hooks(plan: OptimizerPlan | None) -> dict[str, Any]:
     }
 
 
+def _visualizer(cfg: Mapping[str, Any], runner: Any) -> Any:
+    """The config's ``visualizer`` (``save_dir``: ``<log_dir>/vis_data``, mmengine's place),
+    with the callback that records the config and closes it per run; ``None`` without one.
+    A backend whose package is missing stops here, before training, naming the extra."""
+    spec = cfg.get("visualizer")
+    if spec is None:
+        return None
+    from functrain.visualization import MissingBackendPackage, VisualizerRun, build_visualizer
+
+    try:
+        vis = build_visualizer(spec, runner.log_dir / "vis_data")
+    except MissingBackendPackage as err:
+        raise ConfigError("visualizer.vis_backends", str(err)) from None
+    except (ValueError, TypeError) as err:
+        text = error_text(err)
+        path, _, reason = text.partition(": ")  # the message names the key when it can
+        if not path.startswith("visualizer") or not reason:
+            path, reason = "visualizer", text
+        raise ConfigError(path, reason) from err
+    runner.register_callback(VisualizerRun(cfg))
+    return vis
+
+
 def build_runner(
     cfg: Mapping[str, Any],
     *,
@@ -436,4 +458,5 @@ def build_runner(
         **_sharded_checkpoint_hooks(plan),
     )
     runner.model = model  # mmengine's runner.model, for hooks that inspect the module
+    runner.visualizer = _visualizer(cfg, runner)
     return Built(runner=runner, model=model, plan=plan, device=device, cfg=cfg, seed=seed)

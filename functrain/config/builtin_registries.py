@@ -19,6 +19,10 @@ registry                       holds (built in)
 ``DATA_SAMPLERS``              ``DefaultSampler``, ``InfiniteSampler``
 ``METRICS``                    ``Accuracy``, ``MeanMetrics``
 ``FUNCTIONS``                  collate functions: ``default_collate``, ``pseudo_collate``
+``VISUALIZERS``                ``Visualizer``, ``DetLocalVisualizer`` and the other names of
+                               :data:`functrain.visualization.VISUALIZER_TYPES`
+``VIS_BACKENDS``               ``LocalVisBackend``, ``TensorboardVisBackend``,
+                               ``WandbVisBackend``, ``MLflowVisBackend``
 =============================  ==============================================================
 
 ``CALLBACKS`` is another name for ``HOOKS``.
@@ -44,6 +48,8 @@ __all__ = [
     "OPTIM_WRAPPER_CONSTRUCTORS",
     "PARAM_SCHEDULERS",
     "REGISTRIES",
+    "VISUALIZERS",
+    "VIS_BACKENDS",
 ]
 
 #: Every registry by its name (``CALLBACKS`` is ``HOOKS`` under another name).
@@ -70,6 +76,8 @@ DATASETS = _registry("DATASETS", "dataset")
 DATA_SAMPLERS = _registry("DATA_SAMPLERS", "data sampler")
 METRICS = _registry("METRICS", "metric")
 FUNCTIONS = _registry("FUNCTIONS", "function")
+VISUALIZERS = _registry("VISUALIZERS", "visualizer")
+VIS_BACKENDS = _registry("VIS_BACKENDS", "visualization backend")
 
 
 def _register_builtins() -> None:
@@ -101,6 +109,9 @@ def _register_builtins() -> None:
         ("CurvesPlot",): cb.CurvesPlot,
         ("NumClassCheckHook", "NumClassCheck"): Lazy("functrain.config.hooks:NumClassCheck"),
         ("SyncBuffersHook", "SyncBuffers"): Lazy("functrain.distributed.data_parallel:SyncBuffers"),
+        ("VisualizationHook", "DetVisualizationHook"): Lazy(
+            "functrain.visualization.hook:VisualizationHook"
+        ),
     }
     for names, factory in hooks.items():
         HOOKS.register_module(list(names), module=factory)
@@ -123,6 +134,13 @@ def _register_builtins() -> None:
     METRICS.register_module("MeanMetrics", module=loops.MeanMetrics)
     FUNCTIONS.register_module("default_collate", module=Lazy("torch.utils.data:default_collate"))
     FUNCTIONS.register_module("pseudo_collate", module=Lazy("functrain.metrics:pseudo_collate"))
+    from functrain.visualization.backends import BACKENDS
+    from functrain.visualization.visualizer import VISUALIZER_TYPES
+
+    for name in VISUALIZER_TYPES:
+        VISUALIZERS.register_module(name, module=Lazy("functrain.visualization:Visualizer"))
+    for name in BACKENDS:
+        VIS_BACKENDS.register_module(name, module=Lazy(f"functrain.visualization:{name}"))
 
 
 def _nothing(**_: Any) -> None:
