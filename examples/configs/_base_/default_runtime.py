@@ -1,6 +1,6 @@
 # The runtime every example inherits: MMDetection's configs/_base_/default_runtime.py on
 # Digits (no default_scope: functrain has one registry scope and ignores it with a note;
-# no visualizer / DetVisualizationHook: nothing to draw for digits).
+# no visualizer / DetVisualizationHook here: digits_visualization.py adds them).
 default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     # Seed block 21: log every 50 iterations.
