@@ -148,7 +148,9 @@ def test_a_factory_makes_momentum_schedulable_like_torch_sgd():
             _loss(m, batch).backward()
             o.step()
     _assert_bitwise(model, dict(ref_model.named_parameters()))
-    assert float(ft.values_in_force(opt.opt_state)["lr"]) == 0.05 / 12
+    in_force = ft.values_in_force(opt.opt_state)
+    assert float(in_force["lr"]) == 0.05 / 12
+    assert float(in_force["momentum"]) == 0.9 - 0.05 * 11  # recorded for loggers
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,3 +467,43 @@ def test_readme_section_runs():
     # (torch's recursive cosine against the closed form: float64 rounding apart)
     assert math.isclose(lr, 1e-3 * (1 + math.cos(math.pi * 2 / 100)) / 2, rel_tol=1e-12)
     assert namespace["sgd"].param_groups[0]["momentum"] == 0.9
+
+
+def test_mmengine_momentum_scheduler_drives_a_factory_like_torchs_fused_adamw(
+    tmp_path, monkeypatch
+):
+    """CosineAnnealingMomentum writes betas[0] every iteration: the factory rebuilds AdamW
+    with it. Against mmengine's own run with torch's fused AdamW (what run_mmengine gives
+    the "AdamW" type): the same clip_grad_norm_ by the OptimWrapper, then the same fused
+    kernel with the same lr and betas on both sides, so bitwise."""
+    pytest.importorskip("mmengine")
+    import mmengine
+    from mmengine.registry import OPTIMIZERS
+
+    from tests.test_config_mmengine import CYCLIC, _config, compare_tensors
+    from tests.test_config_mmengine import run_mmengine as run_mm
+
+    monkeypatch.setattr(mmengine.runner.loops.time, "sleep", lambda s: None)
+    built_here = []
+
+    def functrain_adamw(params, **kwargs):
+        built_here.append(ft.as_torch_optimizer(ft.adamw, params, **kwargs))
+        return built_here[-1]
+
+    OPTIMIZERS.register_module(name="FunctrainAdamW", module=functrain_adamw, force=True)
+    cfg = _config("digits_momentum_cosine.py", CYCLIC)
+    mm_cfg = copy.deepcopy(cfg)
+    mm_cfg["optim_wrapper"]["optimizer"]["type"] = "FunctrainAdamW"
+    ours = run_mm(mm_cfg, tmp_path / "ours")
+    torch_run = run_mm(cfg, tmp_path / "torch")
+    assert len(built_here) == 1
+    assert ours.labels == torch_run.labels and ours.events == torch_run.events
+    assert ours.lr == torch_run.lr and ours.momentum == torch_run.momentum
+    assert len({tuple(m.values()) for m in ours.momentum}) > 10  # betas[0] moved
+    # the betas[0] in force in the adapter's state: the last one the scheduler wrote
+    last_b1 = float(ft.values_in_force(built_here[0].opt_state)["momentum"])
+    assert last_b1 == next(iter(ours.momentum[-1].values()))
+    params = set(ours.lr[0])  # the recorder's keys: every parameter's name
+    for when in ("first", "last"):
+        err = compare_tensors(getattr(ours, when), getattr(torch_run, when), params, set())
+        assert all(v == 0.0 for v in err.values()), (when, err)

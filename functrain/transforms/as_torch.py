@@ -237,9 +237,26 @@ class FunctrainOptimizer(torch.optim.Optimizer):
             return
         if any(k in self._keys for k in changed):
             self.tx = self._build({k: group[k] for k in self._keys})
+            self._record_momentum(group)
         if "lr" in changed:
             self._set_lr(group["lr"])
         self._in_force = {k: v for k, v in group.items() if k != "params"}
+
+    def _record_momentum(self, group: dict[str, Any]) -> None:
+        """Record a rebuilt transform's momentum (``momentum``, or Adam's ``betas[0]``) in
+        the state, where loggers read it (``values_in_force``): a transform built with a
+        constant keeps recording the value of the state it was given, so without this the
+        state would show the first one. Nothing reads it back (a record for logging)."""
+        value = group.get("momentum", None)
+        if value is None and isinstance(group.get("betas"), tuple | list):
+            value = group["betas"][0]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        state = self.opt_state
+        for _, path in recorded_paths(state, "momentum"):
+            old = get(state, path)
+            state = replace(state, path, torch.full((), value, dtype=old.dtype, device=old.device))
+        self.opt_state = state
 
     # ------------------------------------------------------------------------------------
     @torch.no_grad()
