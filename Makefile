@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.functrain-installed
 
-.PHONY: setup demo test test-kernels test-kernels-avx2 test-kernels-default bench lint format clean
+.PHONY: setup demo test test-kernels test-kernels-avx2 test-kernels-default bench lint format clean docs
 
 setup: $(STAMP)
 
@@ -49,6 +49,19 @@ test-kernels-avx2: $(STAMP)
 test-kernels-default: $(STAMP)
 	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 $(KERNEL_PYTEST)
 
+# The documentation site (mkdocs.yml) into site/: the `docs` extra (pinned; not in `dev`, so
+# `make test` does not pay for it), then a strict build, where any warning (a broken link or
+# cross-reference, a docstring griffe cannot read) fails. docs/hooks.py copies README.md's
+# sections into the pages and draws the schedule plots with functrain during the build.
+DOCS_STAMP := $(VENV)/.functrain-docs-installed
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 bench: $(STAMP)
 	$(PY) benchmarks/step.py
 
@@ -57,4 +70,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis site
