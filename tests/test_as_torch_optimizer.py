@@ -189,6 +189,11 @@ def test_load_state_dict_refuses_another_transform_or_other_parameters():
         ft.as_torch_optimizer(ft.sgd(0.1, momentum=0.9), model.named_parameters()).load_state_dict(
             sd
         )
+    wider = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+    with pytest.raises(
+        ValueError, match=r"state leaf '0\.0\.mu\.0' is torch.Size\(\[8\]\), expected shape \(9,\)"
+    ):
+        ft.as_torch_optimizer(ft.adamw(lr=1e-3), wider.named_parameters()).load_state_dict(sd)
     other = torch.nn.Linear(6, 3)
     with pytest.raises(ValueError, match="saved for parameters"):
         ft.as_torch_optimizer(ft.adamw(lr=1e-3), other.named_parameters()).load_state_dict(sd)
