@@ -304,9 +304,10 @@ class WandbVisBackend(BaseVisBackend):
         import wandb
 
         self._wandb = wandb
-        kwargs = {"dir": str(self.save_dir), **self.init_kwargs}
-        # reinit: a later runner.test() after training opens its own run in the same dir.
-        self.run = wandb.init(**kwargs, reinit="create_new")
+        # reinit: a later runner.test() after training opens its own run in the same dir
+        # (and another visualizer's run in this process stays open).
+        kwargs = {"dir": str(self.save_dir), "reinit": "create_new", **self.init_kwargs}
+        self.run = wandb.init(**kwargs)
         cfg = self.define_metric_cfg
         if isinstance(cfg, Mapping):
             for metric, summary in cfg.items():
