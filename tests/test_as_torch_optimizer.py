@@ -427,6 +427,7 @@ def test_mmengine_runner_with_functrain_optimizer_matches_functrain_train(tmp_pa
 
 def test_lightning_trainer_runs_the_adapter():
     import lightning  # a dev dependency: the test must run, never skip
+
     batches = _batches(20)
 
     class Module(lightning.LightningModule):
