@@ -89,6 +89,10 @@ GALLERY_ITEMS: list[tuple[dict[str, Any], int]] = [
 ]
 BASE_LR = 0.1
 
+# Markdown files at the repository's root that become pages (when they exist), and the nav
+# title of each; a link to one of them in a README section is pointed at its page.
+ROOT_PAGES = {"ARCHITECTURE.md": ("architecture.md", "Architecture")}
+
 
 def _public_modules() -> set[str]:
     """functrain's subpackages and modules whose names do not start with ``_``."""
@@ -248,6 +252,9 @@ _state: dict[str, Any] = {}
 
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    for source, (page, title) in ROOT_PAGES.items():
+        if (ROOT / source).is_file():
+            config.nav.append({title: page})
     pages = _reference_pages()
     _state["reference"] = pages
     config.nav.append(
@@ -257,6 +264,10 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
+    for source, (page, _) in ROOT_PAGES.items():
+        if (ROOT / source).is_file():
+            text = (ROOT / source).read_text(encoding="utf-8")
+            files.append(File.generated(config, page, content=text))
     for page, title, modules in _state["reference"]:
         files.append(
             File.generated(
@@ -305,6 +316,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         return f"]({'../' * depth}{target}#{anchor})"
 
     markdown = re.sub(r"\]\(#([\w-]+)\)", relink, markdown)
+    for source, (target, _) in {"README.md": ("index.md", ""), **ROOT_PAGES}.items():
+        markdown = markdown.replace(f"]({source}", f"]({'../' * uri.count('/')}{target}")
     if uri == "transforms.md":
         _check_optimizer_table(markdown)
     if uri == "loop.md":
