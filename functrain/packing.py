@@ -66,7 +66,7 @@ class PackLayout:
         """
         leaves, info = flatten(tree)
         if info.treespec != self.treespec:
-            flatten_like(tree, TreeInfo(self.treespec, self.groups))  # raises, naming the path
+            flatten_like(tree, TreeInfo(self.treespec, self.groups), "given", "packed")  # raises
         return {
             key: torch.cat([leaves[i].reshape(-1) for i in idx])
             for key, idx in zip(self.keys, self.groups, strict=True)

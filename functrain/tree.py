@@ -201,8 +201,16 @@ def _check_leaves(leaves: Sequence[Any], treespec: optree.PyTreeSpec) -> None:
             )
 
 
-def flatten_like(tree: PyTree, info: TreeInfo, what: str = "params") -> list[Tensor]:
+def flatten_like(
+    tree: PyTree, info: TreeInfo, what: str = "params", against: str = "updates"
+) -> list[Tensor]:
     """Flatten ``tree``, which must have the structure ``info`` describes.
+
+    Args:
+        tree: the tree to flatten.
+        info: the structure it must have.
+        what: what ``tree`` is, for the error message.
+        against: what ``info`` was taken from, for the error message.
 
     Raises:
         ValueError: the structures differ; the message names the first differing leaf path.
@@ -210,7 +218,7 @@ def flatten_like(tree: PyTree, info: TreeInfo, what: str = "params") -> list[Ten
     leaves, treespec = optree.tree_flatten(tree, namespace=NAMESPACE)
     if treespec != info.treespec:
         raise ValueError(
-            f"{what} tree does not match the updates tree: "
+            f"{what} tree does not match the {against} tree: "
             + describe_mismatch(leaf_paths(treespec), info.paths)
         )
     _check_leaves(leaves, treespec)

@@ -66,8 +66,14 @@ def test_params_tree_that_does_not_match_the_updates():
     state = tx.init(params)
     with pytest.raises(ValueError, match="params tree does not match.*missing leaf 'b'"):
         tx.update(params, state, {"w": torch.ones(2)})
-    with pytest.raises(ValueError, match="grads tree does not match"):
+    with pytest.raises(ValueError, match="params tree does not match the updates tree"):
+        tx.update(params, state, {"w": torch.ones(2)})
+    # apply_gradients / apply_updates take the structure from params: the message says so
+    # (it used to read "updates tree does not match the updates tree").
+    with pytest.raises(ValueError, match="grads tree does not match the params tree"):
         ft.apply_gradients(tx, params, {"w": torch.ones(2)}, state)
+    with pytest.raises(ValueError, match="updates tree does not match the params tree"):
+        ft.apply_updates(params, {"w": torch.ones(2)})
 
 
 def test_wrong_state_for_a_chain():

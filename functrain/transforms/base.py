@@ -362,7 +362,7 @@ def apply_updates(params: PyTree, updates: PyTree, *, donate: bool = False) -> P
         >>> params = apply_updates(params, updates)  # doctest: +SKIP
     """
     p_leaves, info = flatten(params, donate=donate)
-    u_leaves = flatten_like(updates, info, what="updates")
+    u_leaves = flatten_like(updates, info, what="updates", against="params")
     return info.unflatten(add_updates(p_leaves, u_leaves, info))
 
 

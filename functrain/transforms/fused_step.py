@@ -237,7 +237,7 @@ def apply_gradients(
         >>> params, state = apply_gradients(tx, params, grads, state, donate=True)  # doctest: +SKIP
     """
     p_leaves, info = flatten(params, donate=donate)
-    g_leaves = flatten_like(grads, info, what="grads")
+    g_leaves = flatten_like(grads, info, what="grads", against="params")
     flat = as_flat(tx)
     plan = fusion_plan(tx) if fused is not False else None
     multipliers = chain_multipliers(flat.parts)

@@ -277,7 +277,7 @@ def _evaluator(
                 value, grads = result
             else:
                 grads, value = torch.func.grad_and_value(loss_fn)(tree)
-        leaves = flatten_like(grads, info, what="grads returned by value_fn")
+        leaves = flatten_like(grads, info, what="grads returned by value_fn", against="params")
         return value, _flat([g.detach() for g in leaves])
 
     return evaluate
