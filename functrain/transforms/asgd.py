@@ -253,9 +253,7 @@ def asgd_averaged_params(state: Any, params: PyTree) -> PyTree:
     found = find_one(state, ScaleByAsgdState, "asgd_averaged_params")
     _, info = flatten(params)
     parts.check_state_paths("asgd_averaged_params", found.paths, info)
-    return optree.tree_unflatten(
-        optree.tree_structure(params, namespace=NAMESPACE), list(found.ax)
-    )
+    return optree.tree_unflatten(optree.tree_structure(params, namespace=NAMESPACE), list(found.ax))
 
 
 # The alias (its chain(...)) lives in alias.py, which imports this module.
