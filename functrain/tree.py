@@ -81,12 +81,17 @@ class TreeInfo:
             chain that contains :func:`functrain.mask_multipliers`, whose groups are then
             refined by multiplier values (like torch param groups); the learning-rate and
             weight-decay transforms read them.
+        members: the size of the leading member axis every leaf carries when the tree
+            holds stacked ensemble members (set by :func:`functrain.ensemble`), else
+            ``None``. Transforms that reduce (a global norm, a trust ratio, a finiteness
+            check) reduce per member when it is set.
     """
 
     treespec: optree.PyTreeSpec
     groups: tuple[tuple[int, ...], ...]
     donate: bool = False
     multipliers: tuple[tuple[float, float], ...] | None = None
+    members: int | None = None
 
     def group_multipliers(self, group: int) -> tuple[float, float]:
         """``(lr_mult, decay_mult)`` of group number ``group``."""
@@ -254,7 +259,18 @@ def foreach_clone(tensors: Sequence[Tensor]) -> list[Tensor]:
     """Bitwise copies of ``tensors`` in one foreach launch per call (``x * 1`` is exact)."""
     if not tensors:
         return []
+    if _vmapping():
+        return [t.clone() for t in tensors]
     return list(torch._foreach_mul(list(tensors), 1))
+
+
+def _vmapping() -> bool:
+    """``functrain.transforms.foreach.vmapping`` (this module sits below transforms): under
+    ``torch.func.vmap`` foreach kernels have no batching rule, so the plain ops run per leaf."""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(i.key() == vmap for i in torch._C._functorch.get_interpreter_stack())
 
 
 def global_norm(
@@ -283,5 +299,8 @@ def global_norm(
     first_device = tensors[0].device
     norms: list[Tensor] = []
     for part in info.split(tensors):
-        norms.extend(torch._foreach_norm(part, norm_type))
+        if _vmapping():
+            norms.extend(torch.linalg.vector_norm(t, norm_type) for t in part)
+        else:
+            norms.extend(torch._foreach_norm(part, norm_type))
     return torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), norm_type)

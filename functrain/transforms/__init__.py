@@ -65,6 +65,7 @@ from functrain.transforms.loss_scaling import (
     loss_scaling,
     scale_loss,
 )
+from functrain.transforms.members import PerMember, StackedState, ensemble, per_member
 from functrain.transforms.momentum import TraceState, trace
 from functrain.transforms.multipliers import (
     Multiplier,
@@ -147,6 +148,8 @@ __all__ = [
     "ScaleByRpropState",
     "ScheduleFreeState",
     "TORCH_OPTIMIZERS",
+    "PerMember",
+    "StackedState",
     "TraceState",
     "accumulate",
     "adadelta",
@@ -167,6 +170,7 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "clip_by_value",
+    "ensemble",
     "find_loss_scale_state",
     "freeze",
     "from_flat",
@@ -189,6 +193,7 @@ __all__ = [
     "optimizer_from_config",
     "optimizer_step_schedule",
     "paramwise_multipliers",
+    "per_member",
     "partition",
     "radam",
     "rmsprop",

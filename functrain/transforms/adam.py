@@ -20,6 +20,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.kernel_specs import Kernel, group_value
+from functrain.transforms.members import PerMember, per_member
 from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.scaling import add_decayed_weights
 from functrain.transforms.validation import check_betas, check_nonnegative, is_schedule
@@ -83,8 +84,12 @@ def scale_by_adam(
         >>> adam_like = chain(scale_by_adam(0.9, 0.999), scale_by_learning_rate(1e-3))
     """
     b1, b2 = check_betas((b1, b2))
-    check_nonnegative("eps", eps)
-    eps = float(eps)
+    check_nonnegative("eps", eps, allow_members=True)
+    eps = per_member("eps", eps)
+    eps = eps if isinstance(eps, PerMember) else float(eps)
+    # Per-member b2 / eps (an ensemble) are 1-d tensors in the update; torch's kernels take
+    # numbers, so they have no fused form.
+    vectors = isinstance(b2, PerMember) or isinstance(eps, PerMember)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdamState:
         device = params[0].device if params else torch.device("cpu")
@@ -117,8 +122,10 @@ def scale_by_adam(
         count = state.count.add_(1) if donate else state.count + 1
         # In float64, as torch.optim evaluates them (in Python floats) for every param dtype.
         t = count.to(torch.float64)
+        beta2 = b2.on(count.device) if isinstance(b2, PerMember) else b2
+        epsilon = eps.on(count.device) if isinstance(eps, PerMember) else eps
         bc1 = 1 - torch.pow(beta1, t)
-        bc2_sqrt = torch.sqrt(1 - torch.pow(b2, t))
+        bc2_sqrt = torch.sqrt(1 - torch.pow(beta2, t))
 
         def group(
             g: list[Tensor], m: list[Tensor], v: list[Tensor], *vmax: list[Tensor]
@@ -129,9 +136,9 @@ def scale_by_adam(
                 m = fe.lerp([x.to(g[0].dtype) for x in m], g, 1 - beta1, False)
             else:
                 m = fe.lerp(m, g, 1 - beta1, donate)
-            v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
+            v = fe.addcmul(fe.mul(v, beta2, donate), g, g, 1 - beta2, donate)
             vm = fe.maximum(vmax[0], v, donate) if amsgrad else []
-            denom = fe.add(fe.div(fe.sqrt(vm if amsgrad else v), bc2_sqrt, donate), eps, donate)
+            denom = fe.add(fe.div(fe.sqrt(vm if amsgrad else v), bc2_sqrt, donate), epsilon, donate)
             direction = fe.div(fe.div(m, denom, False), bc1, donate)
             if mu_dtype is not None:
                 m = [x.to(mu_dtype) for x in m]
@@ -206,10 +213,14 @@ def scale_by_adam(
         )
 
     name = (
-        f"scale_by_adam(b1={b1!r}, b2={b2:g}, eps={eps:g}, amsgrad={amsgrad}, maximize={maximize})"
+        f"scale_by_adam(b1={b1!r}, b2={b2!r}, eps={eps!r}, amsgrad={amsgrad}, maximize={maximize})"
     )
     # torch's kernels take beta1 as a number: a scheduled b1 has no fused form.
-    fusion = None if is_schedule(b1) or mu_dtype is not None else Kernel(fused, maximize=maximize)
+    fusion = (
+        None
+        if is_schedule(b1) or vectors or mu_dtype is not None
+        else Kernel(fused, maximize=maximize)
+    )
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 

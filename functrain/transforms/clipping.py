@@ -23,6 +23,7 @@ from functrain.transforms.base import (
     stateless_foreach,
 )
 from functrain.transforms.kernel_specs import GradScale
+from functrain.transforms.members import PerMember, member_global_norm, per_member
 from functrain.transforms.validation import check_positive
 from functrain.tree import TreeInfo, global_norm
 
@@ -60,26 +61,36 @@ def clip_by_global_norm(
     Example:
         >>> tx = chain(clip_by_global_norm(35.0), sgd(lr=0.02, momentum=0.9))
     """
-    check_positive("max_norm", max_norm)
+    check_positive("max_norm", max_norm, allow_members=True)
     norm_type = float(norm_type)
     if not (norm_type > 0 or math.isinf(norm_type)) or math.isnan(norm_type):
         raise ValueError(f"Invalid norm_type: {norm_type!r}; must be > 0 or inf")
-    max_norm = float(max_norm)
+    max_norm = per_member("max_norm", max_norm)
+    vector = isinstance(max_norm, PerMember)
+    if not vector:
+        max_norm = float(max_norm)
 
     def init(params: list[Tensor], info: TreeInfo) -> ClipState:
         device = params[0].device if params else torch.device("cpu")
-        return ClipState(torch.zeros((), device=device))
+        if vector:
+            max_norm.on(device)  # checks the member count
+        shape = () if info.members is None else (info.members,)
+        return ClipState(torch.zeros(shape, device=device))
 
     def coefficient(
         updates: list[Tensor], state: ClipState, info: TreeInfo
     ) -> tuple[Tensor, ClipState]:
-        norm = global_norm(updates, norm_type, info)
-        if error_if_nonfinite and bool(torch.logical_or(norm.isnan(), norm.isinf())):
+        if info.members is None:
+            norm = global_norm(updates, norm_type, info)
+        else:  # stacked ensemble members: each member's own norm, a 1-d tensor
+            norm = member_global_norm(updates, norm_type, info, info.members)
+        if error_if_nonfinite and bool(torch.logical_or(norm.isnan(), norm.isinf()).any()):
             raise RuntimeError(
                 f"The total norm of order {norm_type} for gradients is non-finite, so it cannot "
                 "be clipped. To disable this error, use clip(..., error_if_nonfinite=False)"
             )
-        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        limit = max_norm.on(norm.device).to(norm.dtype) if vector else max_norm
+        coef = torch.clamp(limit / (norm + 1e-6), max=1.0)
         return coef, ClipState(norm)
 
     def update(
@@ -95,12 +106,13 @@ def clip_by_global_norm(
 
         return info.foreach(lambda us: fe.mul(us, coef, info.donate), updates), state
 
+    shown = repr(max_norm) if vector else f"{max_norm:g}"
     return from_flat(
         FlatTransform(
             init,
             update,
             # The name shown by repr / explain keeps the short spelling users wrote.
-            name=f"clip({max_norm:g}, norm_type={norm_type:g})",
+            name=f"clip({shown}, norm_type={norm_type:g})",
             fusion=GradScale(coefficient),
         )
     )
@@ -127,8 +139,6 @@ def clip_by_value(clip_value: float) -> GradientTransformation:
     clip_value = float(clip_value)
 
     def fn(updates: list[Tensor], params: list[Tensor] | None) -> list[Tensor]:
-        return list(
-            torch._foreach_clamp_max(torch._foreach_clamp_min(updates, -clip_value), clip_value)
-        )
+        return fe.clamp(updates, -clip_value, clip_value)
 
     return stateless_foreach(fn, name=f"clip_by_value({clip_value:g})")

@@ -36,6 +36,13 @@ from functrain.transforms.base import (
     chain_multipliers,
 )
 from functrain.transforms.kernel_specs import Decay, GradScale, Kernel, MultiplierSpec, Scalar
+from functrain.transforms.members import (
+    StackedState,
+    active_members,
+    check_stacked,
+    ensemble_of,
+    unwrap,
+)
 from functrain.tree import PyTree, TreeInfo, flatten, flatten_like, foreach_clone
 
 __all__ = ["apply_gradients", "fusion_plan"]
@@ -164,7 +171,20 @@ def _run_fused(
     state: Any,
     info: TreeInfo,
     extra: dict[str, Any],
-) -> tuple[list[Tensor], Any]:
+) -> tuple[list[Tensor], Any] | None:
+    """The fused step, or ``None`` (nothing computed) when per-member values rule it out."""
+    # The scalings after the kernel first (they only read their own states): per-member
+    # values (an ensemble's 1-d learning rates) have no fused form, and nothing has run yet.
+    product: Any = 1.0
+    for path, member in plan.scalars:
+        value, s = member.fusion.compute(_get(state, path), info)
+        if info.members is not None and any(
+            isinstance(v, Tensor) and v.ndim > 0
+            for v in (value if isinstance(value, list) else [value])
+        ):
+            return None
+        state = _set(state, path, s)
+        product = _times(product, value)
     for path, member in plan.prefix:
         grads, s = member.update(grads, _get(state, path), params, info, **extra)
         state = _set(state, path, s)
@@ -172,7 +192,10 @@ def _run_fused(
     if plan.clip is not None:
         path, member = plan.clip
         # torch's kernels take grad_scale in float32 only; float64 trees clip exactly first.
-        if any(params[idx[0]].dtype == torch.float64 for idx in info.groups):
+        # Stacked members clip each member by its own factor: no single grad_scale.
+        if info.members is not None or any(
+            params[idx[0]].dtype == torch.float64 for idx in info.groups
+        ):
             grads, s = member.update(grads, _get(state, path), params, info, **extra)
         else:
             coef, s = member.fusion.compute(grads, _get(state, path), info)
@@ -180,11 +203,6 @@ def _run_fused(
             if not info.donate:
                 grads = foreach_clone(grads)  # the kernel writes the unscaled gradients back
         state = _set(state, path, s)
-    product: Any = 1.0
-    for path, member in plan.scalars:
-        value, s = member.fusion.compute(_get(state, path), info)
-        state = _set(state, path, s)
-        product = _times(product, value)
     lr = [-v for v in product] if isinstance(product, list) else -product
     weight_decay: Any = plan.decay[1].fusion.weight_decay if plan.decay else 0.0
     if info.multipliers is not None and weight_decay:
@@ -238,6 +256,29 @@ def apply_gradients(
     """
     p_leaves, info = flatten(params, donate=donate)
     g_leaves = flatten_like(grads, info, what="grads", against="params")
+    stacked = ensemble_of(tx)
+    if stacked is None:
+        new_params, state = _step(tx, p_leaves, g_leaves, state, info, fused, extra)
+        return info.unflatten(new_params), state
+    inner, members = stacked
+    check_stacked(p_leaves, info, members)
+    check_stacked(g_leaves, info, members)
+    inner_state = unwrap(state, members)
+    info = attrs.evolve(info, members=members)
+    with active_members(members):
+        new_params, inner_state = _step(inner, p_leaves, g_leaves, inner_state, info, fused, extra)
+    return info.unflatten(new_params), StackedState(inner_state, members)
+
+
+def _step(
+    tx: GradientTransformation,
+    p_leaves: list[Tensor],
+    g_leaves: list[Tensor],
+    state: Any,
+    info: TreeInfo,
+    fused: bool | None,
+    extra: dict[str, Any],
+) -> tuple[list[Tensor], Any]:
     flat = as_flat(tx)
     plan = fusion_plan(tx) if fused is not False else None
     multipliers = chain_multipliers(flat.parts)
@@ -247,8 +288,13 @@ def apply_gradients(
     if fused and reason is not None:
         raise ValueError(f"apply_gradients(fused=True) cannot fuse this step: {reason}")
     if reason is None:
-        new_params, state = _run_fused(plan, p_leaves, g_leaves, state, info, extra)
-    else:
-        updates, state = flat.update(g_leaves, state, p_leaves, info, **extra)
-        new_params = add_updates(p_leaves, updates, info)
-    return info.unflatten(new_params), state
+        result = _run_fused(plan, p_leaves, g_leaves, state, info, extra)
+        if result is not None:
+            return result
+        if fused:
+            raise ValueError(
+                "apply_gradients(fused=True) cannot fuse this step: a per-member learning "
+                "rate (torch's kernels take one number)"
+            )
+    updates, state = flat.update(g_leaves, state, p_leaves, info, **extra)
+    return add_updates(p_leaves, updates, info), state

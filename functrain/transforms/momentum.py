@@ -19,6 +19,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
 from functrain.transforms.kernel_specs import Kernel, group_value
+from functrain.transforms.members import per_member
 from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_momentum, is_schedule
 from functrain.tree import TreeInfo, foreach_clone
@@ -63,6 +64,7 @@ def trace(
         >>> tx = chain(trace(0.9, nesterov=True), scale_by_learning_rate(0.1))
     """
     check_momentum("momentum", momentum, allow_schedule=True)
+    momentum = per_member("momentum", momentum)  # per-member values run as a schedule
     if isinstance(dampening, bool) or not isinstance(dampening, int | float):
         raise ValueError(f"dampening must be a number, got {dampening!r}")
     scheduled = is_schedule(momentum)

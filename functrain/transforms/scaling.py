@@ -19,6 +19,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import initial_value, value_at
 from functrain.transforms.kernel_specs import Decay, Scalar
+from functrain.transforms.members import PerMember, per_member
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 
@@ -99,7 +100,10 @@ def scale_by_learning_rate(
         >>> tx = chain(scale_by_adam(), scale_by_learning_rate(lambda step: 1e-3 * 0.99**step))
     """
     check_nonnegative("lr", learning_rate, allow_schedule=True)
-    scheduled = is_schedule(learning_rate)
+    learning_rate = per_member("lr", learning_rate)
+    # Per-member values are constants: kept in the state and read back (settable) like a float.
+    members = isinstance(learning_rate, PerMember)
+    scheduled = is_schedule(learning_rate) and not members
     sign = -1.0 if flip_sign else 1.0
 
     def evaluate(count: Tensor, schedule: Schedule = learning_rate) -> Tensor:
@@ -108,11 +112,12 @@ def scale_by_learning_rate(
     def init(params: list[Tensor], info: TreeInfo) -> LearningRateState:
         device = params[0].device if params else torch.device("cpu")
         count = torch.zeros((), dtype=torch.int64, device=device)
-        lr = (
-            evaluate(count)
-            if scheduled
-            else torch.tensor(float(learning_rate), dtype=torch.float64, device=device)
-        )
+        if scheduled:
+            lr = evaluate(count)
+        elif members:
+            lr = learning_rate.on(device).clone()
+        else:
+            lr = torch.tensor(float(learning_rate), dtype=torch.float64, device=device)
         return LearningRateState(count, lr)
 
     rebased: dict[float, Schedule] = {}
@@ -160,7 +165,7 @@ def scale_by_learning_rate(
 
     name = (
         f"scale_by_learning_rate({learning_rate!r})"
-        if scheduled
+        if scheduled or members
         else f"scale_by_learning_rate({float(learning_rate):g})"
     )
     return from_flat(FlatTransform(init, update, name=name, fusion=Scalar(factor)))
@@ -196,7 +201,8 @@ def add_decayed_weights(weight_decay: float | Schedule = 0.0) -> GradientTransfo
         >>> sgd_l2 = chain(add_decayed_weights(1e-4), trace(0.9), scale_by_learning_rate(0.1))
     """
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
-    if is_schedule(weight_decay):
+    weight_decay = per_member("weight_decay", weight_decay)
+    if is_schedule(weight_decay):  # a schedule, or per-member values (a constant one)
         return _scheduled_decay(weight_decay)
     weight_decay = float(weight_decay)
 

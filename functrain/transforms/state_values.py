@@ -112,9 +112,16 @@ def _entries_in(state: Any) -> list[_Entry]:
                 continue
             row = _BY_RECORD.get((type(node), f.name))
             name = row.name if row is not None else _BY_FIELD.get(f.name)
-            if name is not None and value.ndim == 0:
+            # 1-d: one value per stacked ensemble member (functrain.ensemble).
+            if name is not None and value.ndim <= 1:
                 out.append(_Entry(name, path + (("attr", f.name),), value, type(node), f.name))
     return out
+
+
+def recorded_vectors(state: Any) -> list[tuple[str, Tensor]]:
+    """``(name, values)`` of every hyperparameter recorded per member (a 1-d tensor) in
+    ``state``: what :func:`functrain.ensemble` checks against its member count."""
+    return [(e.name, e.value) for e in _entries_in(state) if e.value.ndim == 1]
 
 
 def _named(path: Path) -> tuple[str, ...]:
@@ -235,10 +242,20 @@ def set_hyperparam(state: Any, name: str, value: float | Tensor) -> Any:
             "transform (or give it a schedule) to change it"
         )
     old = entry.value
-    if isinstance(value, Tensor):
+    if isinstance(value, Tensor) and old.ndim == 1 and value.ndim == 1:
+        # Per-member values (an ensemble): one new value per member.
+        if value.shape != old.shape:
+            raise ValueError(
+                f"set_hyperparam: {name!r} has {old.shape[0]} per-member values, got "
+                f"{value.shape[0]}"
+            )
+        new = value.detach().to(device=old.device, dtype=old.dtype)
+    elif isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"set_hyperparam: {name!r} must be a scalar, got shape {value.shape}")
         new = value.detach().reshape(()).to(device=old.device, dtype=old.dtype)
+        if old.ndim:  # one value for every member
+            new = new.expand_as(old).clone()
     else:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"set_hyperparam: {name!r} must be a number, got {value!r}")
@@ -246,5 +263,5 @@ def set_hyperparam(state: Any, name: str, value: float | Tensor) -> Any:
             raise ValueError(f"Invalid learning rate: {value!r}")
         if entry.field == "scale" and not value > 0.0:
             raise ValueError(f"Invalid loss scale: {value!r}; must be > 0")
-        new = torch.tensor(float(value), dtype=old.dtype, device=old.device)
+        new = torch.full_like(old, float(value))
     return replace(state, entry.path, new)

@@ -171,7 +171,26 @@ def check_schedule(name: str, schedule: Any, valid: Range, steps: int | None = N
         )
 
 
-def _check(name: str, value: Any, valid: Range, allow_schedule: bool) -> None:
+def _check_members(name: str, value: Any, valid: Range) -> bool:
+    """Check every value of a per-member hyperparameter (a sequence or 1-d tensor, see
+    :func:`functrain.ensemble`); ``False`` when ``value`` is not one."""
+    from functrain.transforms.members import PerMember, per_member
+
+    vector = per_member(name, value)
+    if not isinstance(vector, PerMember):
+        return False
+    for i, v in enumerate(vector.values.tolist()):
+        if not valid.holds(v):
+            raise ValueError(f"Invalid {name}[{i}]: {v!r}; {valid.describe(name)}")
+    return True
+
+
+def _check(
+    name: str, value: Any, valid: Range, allow_schedule: bool, allow_members: bool = False
+) -> None:
+    # Per-member values are accepted wherever a schedule is (a PerMember is one).
+    if (allow_schedule or allow_members) and _check_members(name, value, valid):
+        return
     if allow_schedule and is_schedule(value):
         check_schedule(name, value, valid)
         return
@@ -179,20 +198,29 @@ def _check(name: str, value: Any, valid: Range, allow_schedule: bool) -> None:
         raise ValueError(f"Invalid {name}: {value!r}; {valid.describe(name)}")
 
 
-def check_nonnegative(name: str, value: Any, *, allow_schedule: bool = False) -> None:
-    """``value >= 0``; a schedule (when ``allow_schedule``) at every step of its horizon."""
-    _check(name, value, NONNEGATIVE, allow_schedule)
+def check_nonnegative(
+    name: str, value: Any, *, allow_schedule: bool = False, allow_members: bool = False
+) -> None:
+    """``value >= 0``; a schedule (when ``allow_schedule``) at every step of its horizon; a
+    sequence or 1-d tensor of per-member values (where a schedule or ``allow_members`` is
+    allowed: see :func:`functrain.ensemble`) value by value."""
+    _check(name, value, NONNEGATIVE, allow_schedule, allow_members)
 
 
-def check_positive(name: str, value: Any) -> None:
-    """``value > 0``."""
+def check_positive(name: str, value: Any, *, allow_members: bool = False) -> None:
+    """``value > 0``; with ``allow_members``, each value of a per-member sequence."""
+    if allow_members and _check_members(name, value, Range(math.ulp(0.0))):
+        return
     if number(name, value) <= 0:
         raise ValueError(f"Invalid {name}: {value!r}; {name} must be > 0")
 
 
-def check_unit_interval(name: str, value: Any, *, allow_schedule: bool = False) -> None:
-    """``0 <= value < 1`` (a beta); a schedule at every step of its horizon."""
-    _check(name, value, UNIT_INTERVAL, allow_schedule)
+def check_unit_interval(
+    name: str, value: Any, *, allow_schedule: bool = False, allow_members: bool = False
+) -> None:
+    """``0 <= value < 1`` (a beta); a schedule at every step of its horizon; each value of a
+    per-member sequence with ``allow_members``."""
+    _check(name, value, UNIT_INTERVAL, allow_schedule, allow_members)
 
 
 def check_momentum(name: str, value: Any, *, allow_schedule: bool = False) -> None:
@@ -208,10 +236,13 @@ def check_betas(betas: Any) -> tuple[Any, float]:
     """
     if not isinstance(betas, tuple | list) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    from functrain.transforms.members import PerMember, per_member
+
     check_unit_interval("betas[0]", betas[0], allow_schedule=True)
-    check_unit_interval("betas[1]", betas[1])
-    b1 = betas[0] if is_schedule(betas[0]) else float(betas[0])
-    return b1, float(betas[1])
+    check_unit_interval("betas[1]", betas[1], allow_members=True)
+    b1, b2 = per_member("betas[0]", betas[0]), per_member("betas[1]", betas[1])
+    b1 = b1 if is_schedule(b1) else float(b1)
+    return b1, b2 if isinstance(b2, PerMember) else float(b2)
 
 
 def check_callable(name: str, value: Any) -> Callable[..., Any]:
