@@ -49,11 +49,7 @@ Schedule = Callable[[Any], Any]
 
 def _zeros(updates: list[Tensor], reuse: bool, info: TreeInfo) -> list[Tensor]:
     """Zero updates: written into ``updates`` when ``reuse`` (donated, no longer needed)."""
-    if reuse:
-        for part in info.split(updates):
-            torch._foreach_zero_(part)
-        return updates
-    return [torch.zeros_like(u) for u in updates]
+    return info.foreach(lambda us: fe.zero(us, reuse), updates)
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:

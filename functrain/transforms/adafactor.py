@@ -376,11 +376,7 @@ def add_decoupled_decay(
             lr_mult, decay_mult = info.group_multipliers(g)
             factor64 = 1 - (lr * lr_mult) * (wd * decay_mult)
             factor = factor64.to(p[0].dtype).to(torch.float64) - 1
-            factors = [factor.to(p[0].dtype)] * len(p)
-            if info.donate:
-                torch._foreach_addcmul_(u, p, factors)
-                return u
-            return list(torch._foreach_addcmul(u, p, factors))
+            return fe.addcmul_scalar(u, p, factor, info.donate)
 
         return info.foreach(group, updates, params, with_group=True), new_state
 

@@ -186,8 +186,7 @@ def scale_by_asgd(
             if mu != 1:
                 return p, fe.add(a, fe.mul(fe.sub(p, a, False), mu, True), donate)
             if donate:
-                torch._foreach_copy_(a, p)
-                return p, a
+                return p, fe.copy(a, p, True)
             return p, foreach_clone(p)
 
         params, ax = parts.one_pass(

@@ -14,11 +14,12 @@ still build a ``GradientTransformation`` from two tree-level functions; ``chain`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attrs
 import optree
+import torch.utils._pytree as torch_pytree
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
@@ -44,7 +45,9 @@ T = TypeVar("T")
 
 
 def state_record(cls: type[T]) -> type[T]:
-    """Make ``cls`` a frozen attrs record registered as an optree node (``"functrain"`` namespace).
+    """Make ``cls`` a frozen attrs record registered as an optree node (``"functrain"`` namespace)
+    and as a node of torch's pytree (so ``torch.func.vmap`` and ``torch.compile`` see its
+    tensors).
 
     Fields whose attrs metadata has ``static=True`` are stored in the tree structure rather
     than as children (for example the leaf paths a state was built for); every other field is
@@ -73,7 +76,71 @@ def state_record(cls: type[T]) -> type[T]:
         )
 
     optree.register_pytree_node(cls, flatten_fn, unflatten_fn, namespace=NAMESPACE)
+    _register_torch_pytree(cls, children, static)
     return cls
+
+
+def _register_torch_pytree(cls: type, children: tuple[str, ...], static: tuple[str, ...]) -> None:
+    """Make ``cls`` a node of torch's pytree too, so ``torch.func.vmap`` / ``grad`` /
+    ``torch.compile`` / ``torch.export`` see through it.
+
+    Children are the non-static fields; the context holds the static fields' values and where
+    the ``None`` entries were. optree treats ``None`` as an empty subtree but torch's pytree
+    as a leaf, and ``vmap`` refuses a ``None`` output, so a ``None`` field, or a ``None``
+    entry of a tuple field (a per-leaf buffer that one leaf does not have), is kept in the
+    structure, as optree does, rather than handed out as a leaf.
+    """
+
+    def flatten_fn(obj: Any) -> tuple[list[Any], tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        values, holes = [], []
+        for name in children:
+            value = getattr(obj, name)
+            hole = _none_pattern(value)
+            holes.append(hole)
+            if hole is True:
+                continue
+            values.append(tuple(v for v in value if v is not None) if hole else value)
+        return values, (tuple(getattr(obj, n) for n in static), tuple(holes))
+
+    def flatten_with_keys_fn(obj: Any) -> tuple[list[tuple[Any, Any]], Any]:
+        values, context = flatten_fn(obj)
+        present = [n for n, hole in zip(children, context[1], strict=True) if hole is not True]
+        keys = [torch_pytree.GetAttrKey(n) for n in present]
+        return list(zip(keys, values, strict=True)), context
+
+    def unflatten_fn(
+        values: Iterable[Any], context: tuple[tuple[Any, ...], tuple[Any, ...]]
+    ) -> Any:
+        meta, holes = context
+        it = iter(values)
+        kwargs: dict[str, Any] = {}
+        for name, hole in zip(children, holes, strict=True):
+            if hole is True:
+                kwargs[name] = None
+            elif hole:
+                entries = iter(next(it))
+                kwargs[name] = tuple(None if none else next(entries) for none in hole)
+            else:
+                kwargs[name] = next(it)
+        return cls(**kwargs, **dict(zip(static, meta, strict=True)))
+
+    torch_pytree.register_pytree_node(
+        cls,
+        flatten_fn,
+        unflatten_fn,
+        serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        flatten_with_keys_fn=flatten_with_keys_fn,
+    )
+
+
+def _none_pattern(value: Any) -> bool | tuple[bool, ...]:
+    """``True`` for ``None``; for a tuple holding ``None`` entries, which entries are ``None``;
+    else ``False`` (the field is a child as it is)."""
+    if value is None:
+        return True
+    if type(value) is tuple and any(v is None for v in value):
+        return tuple(v is None for v in value)
+    return False
 
 
 def static_field(**kwargs: Any) -> Any:

@@ -26,6 +26,7 @@ import optree
 import torch
 from torch import Tensor
 
+from functrain.transforms import foreach as fe
 from functrain.transforms.base import (
     EmptyState,
     FlatTransform,
@@ -251,11 +252,7 @@ def set_to_zero() -> GradientTransformation:
     ) -> tuple[list[Tensor], EmptyState]:
         if not updates:
             return updates, state
-        if info.donate:
-            for part in info.split(updates):
-                torch._foreach_zero_(part)
-            return updates, state
-        return [torch.zeros_like(u) for u in updates], state
+        return info.foreach(lambda us: fe.zero(us, info.donate), updates), state
 
     return from_flat(FlatTransform(init, update, name="set_to_zero"))
 
@@ -357,7 +354,7 @@ def all_finite(tensors: Sequence[Tensor], info: TreeInfo) -> Tensor:
         # The inf-norm of an empty tensor is undefined; empty leaves are trivially finite.
         part = [t.detach() for t in part if t.numel()]
         if part:
-            norms.extend(n.to(device) for n in torch._foreach_norm(part, math.inf))
+            norms.extend(n.to(device) for n in fe.norms(part, math.inf))
     if not norms:
         return torch.ones((), dtype=torch.bool, device=device)
     return torch.isfinite(torch.stack(norms)).all()

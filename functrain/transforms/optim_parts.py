@@ -141,11 +141,7 @@ def prepare_grads(
     ``p *= 1 - lr * weight_decay`` of the parameters."""
     if grad_scale is not None:
         # The raw op, not fe.div: the float32 scale divides as torch's kernels divide by it.
-        scale = grad_scale.to(g[0].device)
-        if inplace:
-            torch._foreach_div_(g, scale)
-        else:
-            g = list(torch._foreach_div(g, scale))
+        g = fe.div_raw(g, grad_scale.to(g[0].device), inplace)
     if maximize:
         g = fe.neg(g, inplace)
     if weight_decay:

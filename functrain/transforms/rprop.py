@@ -127,7 +127,7 @@ def scale_by_rprop(
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """The algorithm: ``sign(g)`` of the gated gradient, the new ``prev`` (the gradient,
         zeroed where the sign flipped) and the new step sizes."""
-        prods = list(torch._foreach_mul(g, prev))
+        prods = fe.mul(g, prev, False)
         new_size, new_g = [], []
         for prod, grad, s in zip(prods, g, size, strict=True):
             factor, shrink = factors(prod)
@@ -136,7 +136,7 @@ def scale_by_rprop(
             new_g.append(grad.masked_fill_(shrink, 0) if inplace else grad.masked_fill(shrink, 0))
         if inplace:
             # The old prev buffer is free once the products are taken: it holds the signs.
-            torch._foreach_copy_(prev, new_g)
+            prev = fe.copy(prev, new_g, True)
             return fe.sign(prev, True), new_g, new_size
         return fe.sign(new_g), new_g, new_size
 

@@ -171,7 +171,7 @@ def scale_by_schedule_free(
         def group(
             u: list[Tensor], y: list[Tensor], z: list[Tensor]
         ) -> tuple[list[Tensor], list[Tensor]]:
-            delta = fe.mul(list(torch._foreach_sub(z, y)), ckp1, donate)
+            delta = fe.mul(fe.sub(z, y), ckp1, donate)
             delta = fe.add(delta, fe.mul(u, y_lr, False), donate)
             z = fe.add(z, fe.mul(u, -lr, donate), donate)
             return delta, z
@@ -368,7 +368,5 @@ def schedule_free_eval_params(params: PyTree, opt_state: Any) -> PyTree:
     if b1 == 0.0:
         raise ValueError("schedule_free_eval_params: b1 is 0, so y == z and x is not recoverable")
     weight = 1 - 1 / b1
-    x = info.foreach(
-        lambda ys, zs: list(torch._foreach_lerp(ys, zs, weight)), leaves, list(state.z)
-    )
+    x = info.foreach(lambda ys, zs: fe.lerp(ys, zs, weight, False), leaves, list(state.z))
     return info.unflatten(x)
