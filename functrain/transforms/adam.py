@@ -100,6 +100,9 @@ def scale_by_adam(
                 for p in params
             )
 
+        for value in (b2, eps):
+            if isinstance(value, PerMember):
+                value.on(device)  # checks the member count now rather than at the first step
         return ScaleByAdamState(
             count=torch.zeros((), dtype=torch.float32, device=device),
             b1=initial_value(b1, device),
