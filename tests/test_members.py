@@ -248,3 +248,22 @@ def test_repr_names_the_member_count() -> None:
     assert "3" in repr(tx) and "ensemble" in repr(tx)
     with pytest.raises(ValueError, match="already stacked"):
         ft.ensemble(tx, N)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lr", [1e-2, LRS], ids=["shared-fused", "per-member"])
+def test_ensemble_step_on_cuda_has_no_host_sync(lr) -> None:
+    tx = ft.ensemble(ft.chain(ft.clip(NORMS), ft.adamw(lr, weight_decay=0.1)), N)
+    params = {k: v.cuda() for k, v in stacked(0).items()}
+    grads = [{k: v.cuda() for k, v in stacked(10 + k).items()} for k in range(5)]
+    state = tx.init(params)
+    params, state = ft.apply_gradients(tx, params, grads[0], state, donate=True)  # warm-up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for g in grads[1:]:
+            params, state = ft.apply_gradients(tx, params, g, state, donate=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu_params, _ = run_stacked(tx, 5, donate=True)
+    for k in cpu_params:  # CUDA and CPU kernels round differently: the suite's 1e-6 bound
+        assert rel_err(params[k].cpu(), cpu_params[k]) <= 1e-6
