@@ -2,11 +2,12 @@
 
 The public API is re-exported here; see the README for a quick start. Submodules:
 ``transforms`` (the algebra and optimizers), ``schedules``, ``tree``, ``packing``, ``state``,
-``step``, ``loops``, ``callbacks`` and ``checkpoint``.
+``step``, ``ensembles``, ``loops``, ``callbacks`` and ``checkpoint``.
 """
 
 from functrain import callbacks as callbacks
 from functrain import checkpoint as checkpoint
+from functrain import ensembles as ensembles
 from functrain import loops as loops
 from functrain import schedules as schedules
 from functrain import state as state
@@ -14,6 +15,14 @@ from functrain import step as step
 from functrain import tree as tree
 from functrain.callbacks import Callback, Priority
 from functrain.checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint
+from functrain.ensembles import (
+    Members,
+    init_members,
+    make_ensemble_eval_step,
+    make_ensemble_train_step,
+    member_state,
+    member_state_dict,
+)
 from functrain.loops import EpochBasedTrainLoop, IterBasedTrainLoop, Runner, TestLoop, ValLoop
 from functrain.packing import PackLayout, pack
 from functrain.state import TrainState
@@ -31,6 +40,7 @@ __all__ = [
     "CheckpointMismatchError",
     "EpochBasedTrainLoop",
     "IterBasedTrainLoop",
+    "Members",
     "PackLayout",
     "Priority",
     "Runner",
@@ -39,9 +49,14 @@ __all__ = [
     "ValLoop",
     "flatten",
     "global_norm",
+    "init_members",
     "load_checkpoint",
+    "make_ensemble_eval_step",
+    "make_ensemble_train_step",
     "make_eval_step",
     "make_train_step",
+    "member_state",
+    "member_state_dict",
     "pack",
     "tree_map",
 ]
