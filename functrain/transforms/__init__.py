@@ -54,6 +54,7 @@ from functrain.transforms.combinators import (
     partition,
     set_to_zero,
 )
+from functrain.transforms.compiled import CompiledState, compile_stats, compiled
 from functrain.transforms.fused_step import apply_gradients, fusion_plan
 from functrain.transforms.lamb import lamb, scale_by_trust_ratio
 from functrain.transforms.lars import lars, scale_by_lars
@@ -110,6 +111,9 @@ from functrain.transforms.torch_optimizer import (
 )
 
 __all__ = [
+    "CompiledState",
+    "compile_stats",
+    "compiled",
     "HostNumber",
     "TorchOptimizerState",
     "from_torch_optimizer",

@@ -35,6 +35,7 @@ from functrain.transforms.base import (
     as_flat,
     chain_multipliers,
 )
+from functrain.transforms.compiled import CompiledStep
 from functrain.transforms.kernel_specs import Decay, GradScale, Kernel, MultiplierSpec, Scalar
 from functrain.transforms.members import (
     StackedState,
@@ -280,6 +281,9 @@ def _step(
     extra: dict[str, Any],
 ) -> tuple[list[Tensor], Any]:
     flat = as_flat(tx)
+    if isinstance(flat.fusion, CompiledStep) and fused is not False:
+        # functrain.compiled: its program does the update and the parameter update at once.
+        return flat.fusion.run(p_leaves, g_leaves, state, info, extra)
     plan = fusion_plan(tx) if fused is not False else None
     multipliers = chain_multipliers(flat.parts)
     if plan is not None and multipliers is not None:

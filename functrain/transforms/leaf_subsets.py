@@ -5,6 +5,7 @@ paths (:func:`leaf_values`), and :func:`run_on_subset`. Used by ``masked`` / ``p
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Sequence
@@ -17,7 +18,15 @@ from torch import Tensor
 from functrain.transforms.base import FlatTransform
 from functrain.tree import NAMESPACE, TreeInfo
 
-__all__ = ["is_bool", "leaf_values", "run_on_subset", "subset_info"]
+__all__ = ["RESOLUTION_HOOK", "is_bool", "leaf_values", "run_on_subset", "subset_info"]
+
+#: ``hook(info, resolve) -> values`` around every :func:`leaf_values` resolution, or ``None``.
+#: :func:`functrain.compiled` records the per-leaf masks and labels of a chain's ``init`` on
+#: the real tree and replays them on its packed buffers (whose paths and shapes are not the
+#: leaves' own) through it.
+RESOLUTION_HOOK: contextvars.ContextVar[
+    Callable[[TreeInfo, Callable[[], tuple[Any, ...]]], tuple[Any, ...]] | None
+] = contextvars.ContextVar("functrain_resolution_hook", default=None)
 
 State = Any
 
@@ -82,6 +91,20 @@ def leaf_values(
     expected: str,
 ) -> tuple[Any, ...]:
     """One value per leaf from a pytree prefix or a callable over ``(path[, leaf])``."""
+    hook = RESOLUTION_HOOK.get()
+    if hook is not None:
+        return hook(info, lambda: _resolve(spec, params, info, argname, check, expected))
+    return _resolve(spec, params, info, argname, check, expected)
+
+
+def _resolve(
+    spec: Any,
+    params: list[Tensor],
+    info: TreeInfo,
+    argname: str,
+    check: Callable[[Any], bool],
+    expected: str,
+) -> tuple[Any, ...]:
     paths = info.paths
     if callable(spec) and not isinstance(spec, Tensor):
         takes_leaf = _arity(spec) >= 2
