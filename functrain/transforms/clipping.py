@@ -84,6 +84,13 @@ def clip_by_global_norm(
             norm = global_norm(updates, norm_type, info)
         else:  # stacked ensemble members: each member's own norm, a 1-d tensor
             norm = member_global_norm(updates, norm_type, info, info.members)
+        if error_if_nonfinite:
+            fe.refuse_vmap(
+                "clip(error_if_nonfinite=True)",
+                "raising on a non-finite norm reads the norm on the host",
+                "use clip(..., error_if_nonfinite=False), or apply_if_finite(tx, n) to skip "
+                "non-finite steps per member",
+            )
         if error_if_nonfinite and bool(torch.logical_or(norm.isnan(), norm.isinf()).any()):
             raise RuntimeError(
                 f"The total norm of order {norm_type} for gradients is non-finite, so it cannot "

@@ -360,13 +360,14 @@ def all_finite(tensors: Sequence[Tensor], info: TreeInfo) -> Tensor:
     return torch.isfinite(torch.stack(norms)).all()
 
 
-def select_state(ok: Tensor, new: State, old: State) -> State:
+def select_state(ok: Tensor, new: State, old: State, what: str = "apply_if_finite") -> State:
     """``new`` where the 0-d bool ``ok`` holds, else ``old``, leaf by leaf with ``torch.where``.
 
     No host sync when both states have the same structure (the usual case). A state whose
     structure changes with its first update (torch-style SGD momentum creates its buffer from
     the first gradient) cannot be merged that way; then ``ok`` is read on the host (one sync,
-    on that step only).
+    on that step only). Under ``torch.func.vmap`` ``ok`` has one value per member and no
+    host value: that case raises a ``ValueError`` naming ``what`` (the caller).
     """
     new_leaves, new_spec = optree.tree_flatten(new, namespace=NAMESPACE)
     old_leaves, old_spec = optree.tree_flatten(old, namespace=NAMESPACE)
@@ -381,6 +382,14 @@ def select_state(ok: Tensor, new: State, old: State) -> State:
         for n, o in zip(new_leaves, old_leaves, strict=True)
     )
     if not same:
+        if fe.vmapping():
+            raise ValueError(
+                f"{what} cannot run under torch.func.vmap on this step: the wrapped "
+                "transform's state changes structure on its first update (torch-style SGD "
+                "momentum creates its buffer from the first gradient), so a skipped step "
+                "cannot be chosen per member without reading it on the host. Run the first "
+                "step outside vmap, or use functrain.ensemble(tx, n) for stacked members"
+            )
         return new if bool(ok) else old
     on_device: dict[torch.device, Tensor] = {}
 

@@ -43,6 +43,14 @@ def vmapping() -> bool:
     return any(i.key() == _functorch.TransformType.Vmap for i in _functorch.get_interpreter_stack())
 
 
+def refuse_vmap(name: str, reason: str, instead: str) -> None:
+    """Raise a ``ValueError`` naming transform ``name`` when called under ``torch.func.vmap``
+    (a transform that reads values on the host or steps a stateful object cannot be
+    batched): ``reason`` says why, ``instead`` what to use."""
+    if vmapping():
+        raise ValueError(f"{name} cannot run under torch.func.vmap: {reason}; {instead}")
+
+
 def member_views(y: Tensor, xs: Sequence[Tensor]) -> list[Tensor]:
     """A 1-d tensor of per-member values (one per ensemble member) as one view per leaf,
     shaped ``[N, 1, ..., 1]`` to broadcast over that leaf's leading member axis, in the

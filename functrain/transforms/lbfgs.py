@@ -40,6 +40,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from functrain.transforms import foreach as fe
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -188,6 +189,13 @@ def lbfgs(
         **extra: Any,
     ) -> tuple[list[Tensor], LbfgsState]:
         check_state_paths("lbfgs", state.paths, info)
+        fe.refuse_vmap(
+            "lbfgs",
+            "its iterations and line search re-evaluate value_fn / loss_fn and branch on the "
+            "loss and gradient values on the host",
+            "vmap a first-order optimizer instead (functrain.adam, functrain.sgd, ...), or run "
+            "lbfgs once per member outside vmap",
+        )
         if params is None:
             raise ValueError("lbfgs needs the parameters: call update(grads, state, params, ...)")
         if (value_fn is None) == (loss_fn is None):

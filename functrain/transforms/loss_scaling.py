@@ -183,13 +183,23 @@ def loss_scaling(
         new_updates, new_inner = flat.update(grads, state.inner_state, params, pure, **extra)
         scale, tracker = state.scale, state.growth_tracker
         if dynamic:
-            if not donate:
-                scale, tracker = scale.clone(), tracker.clone()
-            torch._amp_update_scale_(
-                scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval
-            )
+            if fe.vmapping():
+                # torch.func.vmap has no batching rule for the kernel: the same rule in
+                # ordinary ops, one scale per member.
+                scale, tracker = update_scale(
+                    scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval
+                )
+            else:
+                if not donate:
+                    scale, tracker = scale.clone(), tracker.clone()
+                torch._amp_update_scale_(
+                    scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval
+                )
         return zero_where_not(ok, new_updates), LossScaleState(
-            scale, tracker, found_inf, select_state(ok, new_inner, state.inner_state)
+            scale,
+            tracker,
+            found_inf,
+            select_state(ok, new_inner, state.inner_state, "loss_scaling"),
         )
 
     name = (
@@ -198,6 +208,33 @@ def loss_scaling(
         f"dynamic={dynamic})"
     )
     return from_flat(FlatTransform(init, update, name=name))
+
+
+def update_scale(
+    scale: Tensor,
+    growth_tracker: Tensor,
+    found_inf: Tensor,
+    growth_factor: float,
+    backoff_factor: float,
+    growth_interval: int,
+) -> tuple[Tensor, Tensor]:
+    """``torch._amp_update_scale_``'s rule out of place, with ordinary (vmappable) ops.
+
+    After an overflow the scale is multiplied by ``backoff_factor`` and the tracker reset;
+    otherwise the tracker counts up, and on reaching ``growth_interval`` the scale is
+    multiplied by ``growth_factor`` (kept only if finite) and the tracker reset. The float32
+    scale times the float64 factor is rounded to float32 once, as the kernel computes it, so
+    the values are bitwise the kernel's.
+    """
+    found = found_inf != 0
+    counted = growth_tracker + 1
+    grow = ~found & (counted == growth_interval)
+    backed_off = (scale.double() * backoff_factor).to(scale.dtype)
+    grown = (scale.double() * growth_factor).to(scale.dtype)
+    grown = torch.where(torch.isfinite(grown), grown, scale)
+    new_scale = torch.where(found, backed_off, torch.where(grow, grown, scale))
+    new_tracker = torch.where(found | grow, torch.zeros_like(growth_tracker), counted)
+    return new_scale, new_tracker
 
 
 def find_loss_scale_state(state: Any) -> LossScaleState:

@@ -364,9 +364,13 @@ def schedule_free_eval_params(params: PyTree, opt_state: Any) -> PyTree:
     state = find_one(opt_state, ScheduleFreeState, "schedule_free_eval_params")
     leaves, info = flatten(params)
     check_state_paths("schedule_free_eval_params", state.paths, info)
-    b1 = float(state.b1)
-    if b1 == 0.0:
-        raise ValueError("schedule_free_eval_params: b1 is 0, so y == z and x is not recoverable")
+    b1 = state.b1
+    if not fe.vmapping():  # under vmap b1 may differ per member and has no host value
+        b1 = float(b1)
+        if b1 == 0.0:
+            raise ValueError(
+                "schedule_free_eval_params: b1 is 0, so y == z and x is not recoverable"
+            )
     weight = 1 - 1 / b1
     x = info.foreach(lambda ys, zs: fe.lerp(ys, zs, weight, False), leaves, list(state.z))
     return info.unflatten(x)

@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from functrain.transforms import foreach as fe
 from functrain.transforms import torch_optimizer_parts as parts
 from functrain.transforms.base import (
     FlatTransform,
@@ -289,6 +290,7 @@ class _Adapter:
 
     def init(self, params: list[Tensor], info: TreeInfo) -> TorchOptimizerState:
         """The state before the first step (what the constructor put in ``optimizer.state``)."""
+        self.refuse_vmap()
         layout = parts.layout(info, self.label, self.tracked)
         with torch.no_grad():
             shadows = info.foreach(foreach_clone, params) if params else []
@@ -300,6 +302,15 @@ class _Adapter:
         lr, hyperparams = self.hyper_state(base, None)
         param_state = parts.export_param_state(opt, shadows, info.paths, self.label, HostNumber.of)
         return TorchOptimizerState(count, lr, hyperparams, param_state, info.paths)
+
+    def refuse_vmap(self) -> None:
+        fe.refuse_vmap(
+            self.label,
+            f"it runs a stateful torch.optim.{self.cls_name} object (Python loops over "
+            "param_groups, hyperparameters read on the host)",
+            "use functrain's own optimizer of that name (functrain.sgd, functrain.adamw, ...), "
+            "which vmaps",
+        )
 
     def step(
         self,
@@ -316,6 +327,7 @@ class _Adapter:
         donated them), on ``params`` themselves; on the incoming ``grads`` and state buffers
         when ``info.donate``, else on copies.
         """
+        self.refuse_vmap()
         check_state_paths(self.label, state.paths, info)
         donate = info.donate
         layout = parts.layout(info, self.label, self.tracked)
