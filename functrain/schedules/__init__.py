@@ -37,7 +37,7 @@ from functrain.schedules._mmengine import from_mmengine, mmengine_target, piece_
 from functrain.schedules._piece import INF, Piece
 from functrain.schedules._plateau import PlateauState, ReduceOnPlateau
 from functrain.schedules._plot import plot_schedules
-from functrain.schedules._schedule import Schedule, as_schedule, schedule_list
+from functrain.schedules._schedule import Schedule, as_schedule, members, schedule_list
 from functrain.schedules._warmup import Constant, Linear, constant_lr, linear_lr, linear_warmup
 from functrain.schedules._window import Window
 
@@ -70,6 +70,7 @@ __all__ = [
     "lambda_lr",
     "linear_lr",
     "linear_warmup",
+    "members",
     "mmengine_target",
     "multiplicative_lr",
     "multistep_lr",

@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import torch
 
 from functrain.schedules._args import Arg
-from functrain.schedules._piece import F64, Piece, clamp_local, const, cos_term, sign
+from functrain.schedules._members import count_members, is_vector, name_member, vector_values
+from functrain.schedules._piece import F64, Piece, clamp_local, const, cos_term, fill, sign
 from functrain.schedules._schedule import Schedule
 from functrain.schedules._warmup import Linear
 from functrain.schedules._window import Window, bind
@@ -64,6 +65,8 @@ class CosineAnnealing(Piece):
     eta_min_ratio: float | None = None
     _args: ClassVar[Mapping[str, Arg]] = {"T_max": Arg("int", optional=True)}
     _iter_scaled: ClassVar[tuple[str, ...]] = ("T_max",)
+    _extra_member_args: ClassVar[Mapping[str, Arg]] = _ETA_ARGS
+    _batched_fields: ClassVar[tuple[str, ...]] = ("eta_min", "eta_min_ratio")
 
     def _validate(self, name: str) -> None:
         if self.T_max is not None and self.T_max <= 0:
@@ -170,6 +173,7 @@ class Poly(Piece):
     eta_min: float = 0.0
     power: float = 1.0
     _args: ClassVar[Mapping[str, Arg]] = {"eta_min": Arg("float"), "power": Arg("float", lo=0)}
+    _batched_fields: ClassVar[tuple[str, ...]] = ("eta_min",)
 
     def _step(self, k: int, v: float, base: float) -> float:
         if k == 0:
@@ -236,6 +240,8 @@ class CosineRestart(Piece):
         "restart_weights": Arg("floats"),
     }
     _iter_scaled: ClassVar[tuple[str, ...]] = ("periods",)
+    _extra_member_args: ClassVar[Mapping[str, Arg]] = _ETA_ARGS
+    _batched_fields: ClassVar[tuple[str, ...]] = ("eta_min", "eta_min_ratio")
 
     def _validate(self, name: str) -> None:
         if not self.periods:
@@ -282,7 +288,7 @@ class CosineRestart(Piece):
         last = cum[-1] - 1
         k0c = min(k0, last)
         if k0c >= last:
-            return torch.full_like(k, v0, dtype=F64)
+            return fill(k, v0)
         eta = self._eta(base)
         dev = k.device
         kc = k.clamp(max=last)
@@ -431,15 +437,33 @@ def warmup_cosine(
         >>> round(s(0), 8), round(s(9), 8), round(s(109), 6)
         (0.0001, 0.1, 0.001024)
     """
-    if total_steps <= warmup_steps:
-        raise ValueError(
-            f"warmup_cosine: `total_steps` ({total_steps}) must exceed `warmup_steps` "
-            f"({warmup_steps})"
-        )
+    given = dict(
+        base=base,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        start_factor=start_factor,
+        eta_min=eta_min,
+    )
+    vectors = {k: vector_values("warmup_cosine", k, v) for k, v in given.items() if is_vector(v)}
+    n = count_members("warmup_cosine", vectors)
+    lengths = [k for k in ("warmup_steps", "total_steps") if k in vectors]
+    if n is None or not lengths:
+        if total_steps <= warmup_steps:
+            raise ValueError(
+                f"warmup_cosine: `total_steps` ({total_steps}) must exceed `warmup_steps` "
+                f"({warmup_steps})"
+            )
+        t_max: Any = total_steps - warmup_steps
+    else:
+        warm = vectors.get("warmup_steps", (warmup_steps,) * n)
+        total = vectors.get("total_steps", (total_steps,) * n)
+        for i, (w, t) in enumerate(zip(warm, total, strict=True)):
+            if t <= w:
+                msg = f"`total_steps` ({t}) must exceed `warmup_steps` ({w})"
+                raise ValueError(f"warmup_cosine: {name_member(msg, lengths, i)}")
+        t_max = tuple(t - w for w, t in zip(warm, total, strict=True))
     pieces = (
         Linear(start_factor=start_factor, end_factor=1.0, begin=0, end=warmup_steps),
-        CosineAnnealing(
-            T_max=total_steps - warmup_steps, eta_min=eta_min, begin=warmup_steps, end=total_steps
-        ),
+        CosineAnnealing(T_max=t_max, eta_min=eta_min, begin=warmup_steps, end=total_steps),
     )
     return Schedule(pieces, base=base, epoch_length=epoch_length)

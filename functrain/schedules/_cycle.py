@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from functrain.schedules._args import Arg
-from functrain.schedules._piece import F64, Piece
+from functrain.schedules._piece import F64, Piece, member_pow
 from functrain.schedules._schedule import Schedule
 from functrain.schedules._window import Window, bind
 
@@ -71,6 +71,7 @@ class OneCycle(Piece):
     }
     _iter_scaled: ClassVar[tuple[str, ...]] = ("total_steps",)
     _sets_base: ClassVar[bool] = True
+    _batched_fields: ClassVar[tuple[str, ...]] = ("eta_max", "div_factor", "final_div_factor")
 
     def _validate(self, name: str) -> None:
         if float(self.pct_start * self.cycle) - 1 == 0:
@@ -178,6 +179,7 @@ class Cyclic(Piece):
         "gamma": _POSITIVE,
     }
     _iter_scaled: ClassVar[tuple[str, ...]] = ("step_size_up", "step_size_down")
+    _batched_fields: ClassVar[tuple[str, ...]] = ("max_value", "gamma")
 
     def _sizes(self) -> tuple[float, float]:
         up = float(self.step_size_up)
@@ -200,6 +202,8 @@ class Cyclic(Piece):
             return base + height * 1.0
         if self.mode == "triangular2":
             return base + height * (1 / (2.0 ** (cycle - 1)))
+        if isinstance(self.gamma, torch.Tensor):  # member values
+            return base + height * member_pow(self.gamma, kf)
         return base + height * (self.gamma**kf)
 
     def _step(self, k: int, v: float, base: float) -> float:
@@ -298,7 +302,10 @@ def onecycle_lr(
     if base is not None:
         return schedule
     (piece,) = schedule.pieces
-    return attrs.evolve(schedule, base=piece.initial)
+    n = piece.members
+    if n is None:
+        return attrs.evolve(schedule, base=piece.initial)
+    return attrs.evolve(schedule, base=tuple(piece.member(i).initial for i in range(n)))
 
 
 def cyclic_lr(

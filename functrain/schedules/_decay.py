@@ -16,7 +16,16 @@ import attrs
 import torch
 
 from functrain.schedules._args import Arg
-from functrain.schedules._piece import F64, INF, Piece, clamp_local, const, safe_pow, sign
+from functrain.schedules._piece import (
+    F64,
+    INF,
+    Piece,
+    clamp_local,
+    const,
+    member_pow,
+    safe_pow,
+    sign,
+)
 from functrain.schedules._schedule import Schedule
 from functrain.schedules._window import Window, bind
 
@@ -46,6 +55,8 @@ class _GammaDecay(Piece):
 
     if TYPE_CHECKING:
         gamma: float
+
+    _batched_fields: ClassVar[tuple[str, ...]] = ("gamma",)
 
     def _decays(self, k: int) -> int:
         """How many times the value has been multiplied by ``gamma`` at local step ``k``."""
@@ -96,7 +107,7 @@ class Step(_GammaDecay):
     def _ratio(self, k0: int, k: torch.Tensor) -> torch.Tensor:
         q0 = clamp_local(k0) // self.step_size
         q = torch.div(k.clamp(min=0), self.step_size, rounding_mode="floor")
-        return torch.pow(self.gamma, (q - q0).to(F64))
+        return member_pow(self.gamma, (q - q0).to(F64))
 
     def _identity_at_start(self) -> bool:
         return True
@@ -154,7 +165,7 @@ class MultiStep(_GammaDecay):
             return torch.ones_like(k, dtype=F64)
         ms = const(self.milestones, torch.int64, k.device)
         count = torch.searchsorted(ms, k, right=True)
-        return torch.pow(self.gamma, (count - self._decays(k0)).to(F64))
+        return member_pow(self.gamma, (count - self._decays(k0)).to(F64))
 
     def _identity_at_start(self) -> bool:
         return 0 not in self.milestones
@@ -186,7 +197,7 @@ class Exponential(_GammaDecay):
         return k
 
     def _ratio(self, k0: int, k: torch.Tensor) -> torch.Tensor:
-        return torch.pow(self.gamma, (k.clamp(min=0) - clamp_local(k0)).to(F64))
+        return member_pow(self.gamma, (k.clamp(min=0) - clamp_local(k0)).to(F64))
 
     def _identity_at_start(self) -> bool:
         return True

@@ -11,6 +11,7 @@ import attrs
 from functrain.schedules._anneal import CosineAnnealing, CosineRestart, Poly
 from functrain.schedules._cycle import OneCycle
 from functrain.schedules._decay import Exponential, MultiStep, Step
+from functrain.schedules._members import count_members, is_vector, name_member, vector_values
 from functrain.schedules._piece import INF, Piece
 from functrain.schedules._schedule import Schedule
 from functrain.schedules._warmup import Constant, Linear
@@ -157,6 +158,29 @@ def piece_from_mmengine(
             "loop feed it"
         )
     cls, target = SCHEDULER_TYPES[name]
+    per_member = ("begin", "end", *cls.member_fields())
+    vectors = {
+        k: vector_values(f"{where}: {name}", k, cfg[k])
+        for k in per_member
+        if k in cfg and is_vector(cfg[k])
+    }
+    if vectors:
+        # One plain config per member, translated as always, then joined: each member
+        # gets exactly the scalar translation (windows and periods converted alike).
+        n = count_members(f"{where}: {name}", vectors)
+        assert n is not None
+        pieces = []
+        for i in range(n):
+            one = {**cfg, **{k: v[i] for k, v in vectors.items()}}
+            try:
+                pieces.append(
+                    piece_from_mmengine(
+                        one, epoch_length=epoch_length, max_epochs=max_epochs, max_iters=max_iters
+                    )
+                )
+            except ValueError as err:
+                raise ValueError(name_member(str(err), vectors, i)) from None
+        return cls.join(pieces, list(vectors))
     own = [f.name for f in attrs.fields(cls) if f.name not in ("begin", "end", "by_epoch")]
     allowed = [*_WINDOW_KEYS, *_IGNORED_KEYS, *own]
     if target is None:

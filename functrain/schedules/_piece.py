@@ -22,15 +22,27 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
 import torch
 
 from functrain.schedules._args import Arg, int_arg
+from functrain.schedules._members import count_members, is_vector, name_member, vector_values
 
-__all__ = ["F64", "INF", "Piece", "clamp_local", "const", "cos_term", "safe_pow", "sign"]
+__all__ = [
+    "F64",
+    "INF",
+    "Piece",
+    "clamp_local",
+    "const",
+    "cos_term",
+    "fill",
+    "member_pow",
+    "safe_pow",
+    "sign",
+]
 
 #: mmengine's "no end" (``int(1e9)``). A window that ends here ends after 1e9 steps.
 INF: int = int(1e9)
@@ -57,6 +69,36 @@ def cos_term(x: torch.Tensor | float, period: float) -> torch.Tensor | float:
     if isinstance(x, torch.Tensor):
         return 1 + torch.cos(math.pi * x / period)
     return 1 + math.cos(math.pi * x / period)
+
+
+def fill(like: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """``value`` wherever ``like`` has an element, in float64.
+
+    A number gives ``torch.full_like(like, value, dtype=float64)``. A tensor of member
+    values (shape ``[G, 1]``, see :class:`~functrain.schedules.Schedule`) is broadcast
+    against ``like`` (a view, no copy).
+    """
+    if isinstance(value, torch.Tensor):
+        return value.expand(torch.broadcast_shapes(value.shape, like.shape))
+    return torch.full_like(like, value, dtype=F64)
+
+
+def member_pow(base: float | torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """``torch.pow(base, exponent)``, with the scalar schedule's bits in every member's row.
+
+    ``base`` is a number (the scalar schedule: plain ``torch.pow``) or member values of
+    shape ``[G, 1]`` with ``exponent`` a 0-d or 1-d tensor of steps.
+    """
+    if not isinstance(base, torch.Tensor):
+        return torch.pow(base, exponent)
+    shape = torch.broadcast_shapes(base.shape, exponent.shape)
+    # On CPU, pow's vector lanes (SLEEF) and its scalar loop tail (libm) may differ in the
+    # last bit, so an element's bits depend on its position in the loop. Writing into a
+    # padded buffer keeps TensorIterator from merging the members' rows into one loop:
+    # each row then runs the same vector-then-tail loop as the scalar schedule's
+    # evaluation over the same steps (a 0-d step: the scalar loop, as for a 0-d tensor).
+    buffer = torch.empty((*shape[:-1], shape[-1] + 1), dtype=F64, device=base.device)
+    return torch.pow(base, exponent, out=buffer[..., : shape[-1]])
 
 
 def safe_pow(base: float, exponent: int) -> float:
@@ -109,9 +151,19 @@ class Piece:
     #: True for a piece that ignores the base value and sets its own (OneCycle): at most
     #: one per schedule, and it may be bound to any base inside a list.
     _sets_base: ClassVar[bool] = False
+    #: checks of per-member-capable fields that are not in ``_args`` (eta_min, ...).
+    _extra_member_args: ClassVar[Mapping[str, Arg]] = {}
+    #: float fields the closed forms use only arithmetically (no Python branch on them,
+    #: no kernel choice): members that differ only in these are evaluated together, the
+    #: field becoming a ``[G, 1]`` float64 tensor of member values.
+    _batched_fields: ClassVar[tuple[str, ...]] = ()
 
     def __attrs_post_init__(self) -> None:
         name = type(self).__name__
+        vectors = {f: getattr(self, f) for f in self.member_fields() if is_vector(getattr(self, f))}
+        if vectors:
+            self._init_members(name, vectors)
+            return
         self._check(name, _WINDOW_ARGS)
         if self.end <= self.begin:
             raise ValueError(
@@ -120,6 +172,100 @@ class Piece:
         self._check(name, _UNIT_ARGS)
         self._check(name, self._args)
         self._validate(name)
+
+    @classmethod
+    def member_fields(cls) -> tuple[str, ...]:
+        """The fields that take one value per member (a sequence or a 1-d tensor).
+
+        The window (``begin``, ``end``) and every number or integer argument of the piece
+        (factors, ``gamma``, ``eta_min``, ``T_max``, ...). Sequence arguments
+        (``milestones``, ``periods``, ``restart_weights``), choices and functions do not.
+
+        Example:
+            >>> from functrain.schedules import CosineAnnealing
+            >>> CosineAnnealing.member_fields()
+            ('begin', 'end', 'T_max', 'eta_min', 'eta_min_ratio')
+        """
+        own = [f for f, arg in cls._args.items() if arg.kind in ("float", "int")]
+        return ("begin", "end", *own, *cls._extra_member_args)
+
+    def _init_members(self, name: str, vectors: Mapping[str, Any]) -> None:
+        """Check a piece with per-member fields: each element as the scalar, then each member."""
+        values = {f: vector_values(name, f, v) for f, v in vectors.items()}
+        count_members(name, values)
+        table = {**_WINDOW_ARGS, **self._args, **self._extra_member_args}
+        for field, vals in values.items():
+            arg = table[field]
+            checked = tuple(arg.check(name, f"{field}[{i}]", v) for i, v in enumerate(vals))
+            object.__setattr__(self, field, checked)
+        _ = self._members  # builds (and so checks) every member
+
+    @functools.cached_property
+    def _members(self) -> tuple[Piece, ...] | None:
+        vector = self.vector_fields()
+        if not vector:
+            return None
+        n = len(getattr(self, vector[0]))
+        out = []
+        for i in range(n):
+            try:
+                out.append(attrs.evolve(self, **{f: getattr(self, f)[i] for f in vector}))
+            except ValueError as err:
+                raise ValueError(name_member(str(err), vector, i)) from None
+        return tuple(out)
+
+    def vector_fields(self) -> tuple[str, ...]:
+        """The fields of this piece that hold one value per member (as tuples).
+
+        Example:
+            >>> from functrain.schedules import Step
+            >>> Step(step_size=2, gamma=[0.5, 0.1]).vector_fields()
+            ('gamma',)
+        """
+        return tuple(f for f in self.member_fields() if isinstance(getattr(self, f), tuple))
+
+    @property
+    def members(self) -> int | None:
+        """The number of members (per-member fields' length); ``None`` for a plain piece.
+
+        Example:
+            >>> from functrain.schedules import Linear
+            >>> Linear(start_factor=[0.1, 0.2, 0.5], end=5).members
+            3
+        """
+        pieces = self._members
+        return None if pieces is None else len(pieces)
+
+    def member(self, i: int) -> Piece:
+        """Member ``i`` as a plain piece (the piece itself when it has no members).
+
+        Example:
+            >>> from functrain.schedules import Linear
+            >>> Linear(start_factor=[0.1, 0.2], end=5).member(1)
+            Linear(start_factor=0.2, end=5)
+        """
+        pieces = self._members
+        return self if pieces is None else pieces[i]
+
+    @classmethod
+    def join(cls, pieces: Sequence[Piece], vector: Sequence[str]) -> Piece:
+        """The per-member piece whose members are ``pieces`` (the inverse of :meth:`member`).
+
+        Args:
+            pieces: plain pieces of one class, member by member.
+            vector: the fields that hold per-member values; the others are taken from the
+                first piece (they must be the same in all).
+
+        Example:
+            >>> from functrain.schedules import Step
+            >>> Piece.join([Step(step_size=2, gamma=0.5), Step(step_size=2, gamma=0.1)],
+            ...            ["gamma"])
+            Step(step_size=2, gamma=(0.5, 0.1))
+        """
+        first = pieces[0]
+        kwargs = {f.name: getattr(first, f.name) for f in attrs.fields(type(first))}
+        kwargs.update({f: tuple(getattr(p, f) for p in pieces) for f in vector})
+        return type(first)(**kwargs)
 
     def _check(self, name: str, table: Mapping[str, Arg]) -> None:
         for field, arg in table.items():
@@ -170,6 +316,10 @@ class Piece:
         """
         name = type(self).__name__
         length = int_arg(name, "epoch_length", epoch_length, minimum=1)
+        members = self._members
+        if members is not None:
+            converted = [m.to_iter_based(length) for m in members]
+            return self.join(converted, self.vector_fields())
         if not self.by_epoch:
             raise ValueError(
                 f"{name}: only an epoch-based piece (by_epoch=True) can be converted to iterations"

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import numbers
 import operator
 from collections.abc import Sequence
-from typing import overload
+from typing import Any, TypeVar, overload
 
 import attrs
 import torch
 
-from functrain.schedules._piece import Piece
+from functrain.schedules._members import is_vector, vector_values
+from functrain.schedules._piece import Piece, const, fill
 
-__all__ = ["Schedule", "as_schedule", "schedule_list"]
+__all__ = ["Schedule", "as_schedule", "members", "schedule_list"]
+
+_T = TypeVar("_T")
 
 _F64 = torch.float64
 
@@ -37,6 +41,12 @@ class Schedule:
     * ``schedule(t)`` with a 0-d integer tensor returns a 0-d float64 tensor on ``t``'s
       device, without a host sync (a lookup table, if any, is copied to a device once);
     * ``schedule(torch.arange(n))`` returns the whole curve as a float64 tensor.
+
+    Per-member values: ``base`` and the pieces' numeric arguments may be a sequence or a
+    1-d tensor of length N (an ensemble of N members, or N settings of a sweep). Such a
+    schedule returns a float64 tensor of shape ``[N]`` for an int or a 0-d step and
+    ``[T, N]`` for T steps; column ``i`` is the schedule built with member ``i``'s values
+    (:meth:`member`), bit for bit. :attr:`members` is N (``None`` for a plain schedule).
 
     The step: without ``epoch_length`` the step is counted in the pieces' own unit
     (iterations, or epochs if all pieces are ``by_epoch``). With ``epoch_length`` the step
@@ -69,12 +79,22 @@ class Schedule:
         for i, piece in enumerate(self.pieces):
             if not isinstance(piece, Piece):
                 raise ValueError(f"Schedule: `pieces[{i}]` must be a Piece, got {piece!r}")
-        if self.base is not None:
-            if isinstance(self.base, bool) or not isinstance(self.base, numbers.Real):
-                raise ValueError(f"Schedule: `base` must be a real number, got {self.base!r}")
-            if not math.isfinite(self.base):
-                raise ValueError(f"Schedule: `base` must be finite, got {self.base}")
-            object.__setattr__(self, "base", float(self.base))
+        if self.base is not None and is_vector(self.base):
+            values = vector_values("Schedule", "base", self.base)
+            checked = tuple(_check_base(v, f"base[{i}]") for i, v in enumerate(values))
+            object.__setattr__(self, "base", checked)
+        elif self.base is not None:
+            object.__setattr__(self, "base", _check_base(self.base, "base"))
+        sizes = [("`base`", len(self.base))] if isinstance(self.base, tuple) else []
+        for i, piece in enumerate(self.pieces):
+            if piece.members is not None:
+                sizes.append((f"`pieces[{i}]` ({type(piece).__name__})", piece.members))
+        for what, size in sizes[1:]:
+            if size != sizes[0][1]:
+                raise ValueError(
+                    f"Schedule: {sizes[0][0]} has {sizes[0][1]} members but {what} has {size}; "
+                    "per-member values must all have the same length"
+                )
         if self.epoch_length is not None:
             length = self.epoch_length
             if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 1:
@@ -145,7 +165,42 @@ class Schedule:
             raise ValueError(f"Schedule: `step` must be >= 0, got {t}")
         return program.evaluate_int(t)
 
-    def with_base(self, base: float) -> Schedule:
+    @property
+    def members(self) -> int | None:
+        """How many members the schedule has (N); ``None`` when no value is per member.
+
+        Example:
+            >>> from functrain.schedules import cosine_annealing_lr
+            >>> cosine_annealing_lr([0.1, 0.2], T_max=10).members
+            2
+        """
+        if isinstance(self.base, tuple):
+            return len(self.base)
+        return next((p.members for p in self.pieces if p.members is not None), None)
+
+    def member(self, i: int) -> Schedule:
+        """Member ``i``: the plain schedule built with member ``i``'s values.
+
+        The schedule itself when it has no members.
+
+        Args:
+            i: the member's index, ``0 <= i < members``.
+
+        Example:
+            >>> from functrain.schedules import step_lr
+            >>> step_lr([1.0, 2.0], step_size=2, gamma=[0.5, 0.2]).member(1)
+            Schedule(base=2.0, pieces=[Step(step_size=2, gamma=0.2)])
+        """
+        n = self.members
+        if n is None:
+            return self
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < n:
+            raise ValueError(f"Schedule: member index must be an int in [0, {n}), got {i!r}")
+        base = self.base[i] if isinstance(self.base, tuple) else self.base
+        pieces = tuple(p.member(i) for p in self.pieces)
+        return Schedule(pieces, base=base, epoch_length=self.epoch_length)
+
+    def with_base(self, base: float | Sequence[float] | torch.Tensor) -> Schedule:
         """Return the same schedule with another base value.
 
         Args:
@@ -159,13 +214,22 @@ class Schedule:
         return attrs.evolve(self, base=base)
 
     @functools.cached_property
-    def _program(self) -> _Program:
+    def _program(self) -> _Program | _MemberProgram:
         if self.base is None:
             raise ValueError(
                 "Schedule: `base` is not set; pass base=... (the initial value of the "
                 "hyperparameter) or put this schedule in schedule_list([...], base=...)"
             )
+        if self.members is not None:
+            return _MemberProgram(self)
         return _Program(self)
+
+    def _scalar_only(self, what: str) -> None:
+        if self.members is not None:
+            raise ValueError(
+                f"Schedule: `{what}` describes one member; this schedule has {self.members} "
+                f"(call it on schedule.member(i))"
+            )
 
     # -- introspection (used by functrain.testing and plots) ---------------------
 
@@ -181,6 +245,7 @@ class Schedule:
             ...          base=0.1).piece_bases()
             (0.1, 0.04)
         """
+        self._scalar_only("piece_bases")
         if self.base is None:
             raise ValueError("Schedule: `base` is not set")
         out, base = [], self.base
@@ -201,6 +266,7 @@ class Schedule:
             >>> Schedule((Linear(end=3, by_epoch=True),), base=1.0, epoch_length=10).windows()
             [(0, 21)]
         """
+        self._scalar_only("windows")
         return [(first, last + 1) for first, last, _ in self._events()]
 
     def event_pieces(self, step: int) -> list[int]:
@@ -211,6 +277,7 @@ class Schedule:
             >>> Schedule((Linear(end=3), MultiStep(milestones=(1,))), base=1.0).event_pieces(2)
             [0, 1]
         """
+        self._scalar_only("event_pieces")
         out = []
         for i, (first, last, scale) in enumerate(self._events()):
             if first <= step <= last and step % scale == 0:
@@ -231,7 +298,8 @@ class Schedule:
         (cosine, poly, restarts, 1cycle) the bound multiplies the hull of the base value
         and the pieces' targets by the range of the multiplicative factors. Returns
         infinite bounds where nothing useful can be said (user functions, negative
-        targets, cosine restarts overlapping other pieces).
+        targets, cosine restarts overlapping other pieces). With per-member values, the
+        hull of the members' bounds.
 
         Example:
             >>> from functrain.schedules import Linear
@@ -240,6 +308,9 @@ class Schedule:
         """
         if self.base is None:
             raise ValueError("Schedule: `base` is not set")
+        if self.members is not None:
+            each = [self.member(i).bounds() for i in range(self.members)]
+            return (min(lo for lo, _ in each), max(hi for _, hi in each))
         lo_f, hi_f = 1.0, 1.0
         levels = [self.base]
         for piece, base in zip(self.pieces, self.piece_bases(), strict=True):
@@ -294,6 +365,8 @@ def schedule_list(
     """
     if isinstance(items, (Schedule, Piece)):
         items = [items]
+    if is_vector(base):
+        base = vector_values("schedule_list", "base", base)
     pieces: list[Piece] = []
     lengths = set() if epoch_length is None else {epoch_length}
     for i, item in enumerate(items):
@@ -319,11 +392,12 @@ def schedule_list(
     return Schedule(tuple(pieces), base=base, epoch_length=next(iter(lengths), None))
 
 
-def as_schedule(value: float | Schedule) -> Schedule:
+def as_schedule(value: float | Sequence[float] | torch.Tensor | Schedule) -> Schedule:
     """Return ``value`` if it is a schedule, else the constant schedule of that value.
 
     Args:
-        value: a float or a :class:`Schedule`.
+        value: a float, per-member values (a sequence or 1-d tensor) or a
+            :class:`Schedule`.
 
     Example:
         >>> as_schedule(0.1)(123)
@@ -334,6 +408,50 @@ def as_schedule(value: float | Schedule) -> Schedule:
             raise ValueError("as_schedule: the schedule has no `base`")
         return value
     return Schedule((), base=value)
+
+
+def members(value: Any) -> int | None:
+    """How many members a hyperparameter value has: N for per-member values, else None.
+
+    For a :class:`Schedule` or a :class:`Piece`, their ``members``; for a sequence or a
+    1-d tensor, its length (read from the shape: no host sync); for a number or any other
+    callable, ``None``. Transforms use it to check a hyperparameter against the
+    ensemble's member count.
+
+    Args:
+        value: a number, a sequence, a tensor, a schedule or a piece.
+
+    Returns:
+        N, or ``None`` when the value is shared by all members.
+
+    Example:
+        >>> from functrain.schedules import cosine_annealing_lr
+        >>> members(cosine_annealing_lr(0.1, T_max=10, eta_min=[0.0, 1e-3, 1e-2]))
+        3
+        >>> members(0.1), members([0.1, 0.2]), members(torch.ones(4))
+        (None, 2, 4)
+    """
+    if isinstance(value, (Schedule, Piece)):
+        return value.members
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            return None
+        if value.dim() != 1:
+            raise ValueError(
+                f"members: per-member values must be a 1-d tensor, got shape {tuple(value.shape)}"
+            )
+        return value.shape[0]
+    if is_vector(value):
+        return len(value)
+    return None
+
+
+def _check_base(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Schedule: `{name}` must be a real number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"Schedule: `{name}` must be finite, got {value}")
+    return float(value)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -438,9 +556,15 @@ class _Program:
             self._tables[device] = table
         return table
 
+    def _fill(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.full(t.shape, self.v0, dtype=_F64, device=t.device)
+
+    def _lookup(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.take(self._table_on(t.device), t)
+
     def _tail(self, t: torch.Tensor) -> torch.Tensor:
         if not self.tail:
-            return torch.full(t.shape, self.v0, dtype=_F64, device=t.device)
+            return self._fill(t)
         if self.tail_multiplicative:
             out = None
             for i in self.tail:
@@ -457,7 +581,7 @@ class _Program:
             # Negative steps need no clamp here: local steps below a window read as "not
             # started", which is the value before any update.
             return self._tail(t)
-        looked_up = torch.take(self._table_on(t.device), t.clamp(0, h - 1))
+        looked_up = self._lookup(t.clamp(0, h - 1))
         if not self.tail:
             return looked_up
         return torch.where(t < h, looked_up, self._tail(t.clamp(min=h)))
@@ -468,3 +592,129 @@ class _Program:
         if t >= 1 << 62:
             raise ValueError(f"Schedule: `step` {t} is too large")
         return float(self._tail(torch.tensor(t, dtype=torch.int64)))
+
+
+# ----------------------------------------------------------------------------- members
+
+
+def _shared_or_rows(values: Sequence[_T], device: torch.device) -> _T | torch.Tensor:
+    """One number if all members agree (the scalar code path), else a ``[G, 1]`` tensor."""
+    first = values[0]
+    if first is None or all(v == first for v in values):
+        return first
+    return const(tuple(float(v) for v in values), _F64, device).view(-1, 1)  # type: ignore[arg-type]
+
+
+def _skeleton(program: _Program) -> tuple[Any, ...]:
+    """What decides a program's control flow: members with equal skeletons run together.
+
+    The table's horizon, the tail pieces and their local start steps, and each tail
+    piece's fields except the batched float fields (of which only ``None`` or not
+    matters). Lengths, periods, exponents, choices and functions are all in it.
+    """
+    parts: list[Any] = [program.horizon, tuple(program.tail), program.tail_multiplicative]
+    parts.append(tuple(sorted(program.k0.items())))
+    for i in program.tail:
+        piece = program.pieces[i]
+        fields = tuple(
+            getattr(piece, f.name) is None
+            if f.name in piece._batched_fields
+            else getattr(piece, f.name)
+            for f in attrs.fields(type(piece))
+        )
+        parts.append((type(piece), fields))
+    return tuple(parts)
+
+
+class _Batch(_Program):
+    """The programs of G members with one skeleton, evaluated together on one device.
+
+    Values that differ between members become ``[G, 1]`` float64 tensors (the pieces'
+    batched fields, the bases, the value at the horizon) and the tables a ``[G, horizon]``
+    tensor; the same closed forms then broadcast them against the steps, so member ``g``'s
+    row holds, element for element, what its own program computes: the same IEEE
+    operations on the same numbers (see ``member_pow`` for the one position-dependent CPU
+    kernel).
+    """
+
+    def __init__(self, programs: Sequence[_Program], device: torch.device) -> None:  # noqa: D107
+        first = programs[0]
+        self.size = len(programs)
+        self.epoch_length = first.epoch_length
+        self.events = first.events
+        self.horizon = first.horizon
+        self.tail = first.tail
+        self.k0 = first.k0
+        self.tail_multiplicative = first.tail_multiplicative
+        self.v0 = _shared_or_rows([p.v0 for p in programs], device)
+        self.bases = tuple(
+            _shared_or_rows([p.bases[i] for p in programs], device)
+            for i in range(len(first.pieces))
+        )
+        pieces = list(first.pieces)
+        for i in self.tail:
+            piece = copy.copy(first.pieces[i])
+            for field in piece._batched_fields:
+                value = _shared_or_rows([getattr(p.pieces[i], field) for p in programs], device)
+                # A private copy: the frozen record takes the member values as a tensor.
+                object.__setattr__(piece, field, value)
+            pieces[i] = piece
+        self.pieces = tuple(pieces)
+        h = self.horizon
+        if h:
+            rows = torch.tensor([p.table for p in programs], dtype=_F64, device=device)
+            self._rows = rows.reshape(-1)
+            self._offsets = torch.arange(self.size, device=device).mul_(h).view(-1, 1)
+
+    def _fill(self, t: torch.Tensor) -> torch.Tensor:
+        return fill(t, self.v0)
+
+    def _lookup(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.take(self._rows, t + self._offsets)
+
+
+class _MemberProgram:
+    """A schedule with per-member values: one :class:`_Program` per member, run in groups.
+
+    Members whose programs share a skeleton (:func:`_skeleton`: same lengths, periods and
+    branches) are one :class:`_Batch`, evaluated with one kernel per operation for the
+    whole group. Members that differ in a length (a warm-up, ``T_max``) fall into
+    different groups: one pass per distinct setting.
+    """
+
+    def __init__(self, schedule: Schedule) -> None:  # noqa: D107
+        n = schedule.members
+        assert n is not None
+        self.size = n
+        self.programs = [_Program(schedule.member(i)) for i in range(n)]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, program in enumerate(self.programs):
+            groups.setdefault(_skeleton(program), []).append(i)
+        self.groups = list(groups.values())
+        order = [i for group in self.groups for i in group]
+        self.inverse = None if order == list(range(n)) else tuple(order.index(i) for i in range(n))
+        self._batches: dict[torch.device, list[_Batch]] = {}
+
+    def _batches_on(self, device: torch.device) -> list[_Batch]:
+        batches = self._batches.get(device)
+        if batches is None:
+            batches = [_Batch([self.programs[i] for i in g], device) for g in self.groups]
+            self._batches[device] = batches
+        return batches
+
+    def evaluate(self, t: torch.Tensor) -> torch.Tensor:
+        # Member-major inside: a group's values are [G, 1] (0-d step) or [G, T] rows.
+        outs = []
+        for batch in self._batches_on(t.device):
+            shape = (batch.size, *t.shape) if t.dim() else (batch.size, 1)
+            outs.append(batch.evaluate(t).expand(shape))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if self.inverse is not None:
+            out = out.index_select(0, const(self.inverse, torch.int64, t.device))
+        if t.dim() == 0:
+            return out.reshape(self.size).clone()
+        # [T, N], a fresh tensor (never a view of a cached constant).
+        return out.T.clone(memory_format=torch.contiguous_format)
+
+    def evaluate_int(self, t: int) -> torch.Tensor:
+        return torch.tensor([p.evaluate_int(t) for p in self.programs], dtype=_F64)

@@ -13,7 +13,7 @@ import attrs
 import torch
 
 from functrain.schedules._args import Arg
-from functrain.schedules._piece import F64, Piece, sign
+from functrain.schedules._piece import F64, Piece, fill, sign
 from functrain.schedules._schedule import Schedule
 from functrain.schedules._window import Window, bind
 
@@ -51,6 +51,7 @@ class Constant(Piece):
     _args: ClassVar[Mapping[str, Arg]] = {
         "factor": Arg("float", lo=0, hi=1, zero="; mmengine divides by it when the window ends"),
     }
+    _batched_fields: ClassVar[tuple[str, ...]] = ("factor",)
 
     def _step(self, k: int, v: float, base: float) -> float:
         if k == 0:
@@ -71,7 +72,7 @@ class Constant(Piece):
 
     def _ratio(self, k0: int, k: torch.Tensor) -> torch.Tensor:
         f0 = self._cumulative(k0)
-        before = torch.where(k < 0, 1.0, torch.full_like(k, self.factor, dtype=F64))
+        before = torch.where(k < 0, 1.0, fill(k, self.factor))
         cum = before if self.n == 0 else torch.where(k >= self.n, self._cumulative(self.n), before)
         return cum / f0
 
@@ -107,6 +108,7 @@ class Linear(Piece):
         "start_factor": Arg("float", lo=0, hi=1, lo_open=True, zero=_ZERO_START),
         "end_factor": Arg("float", lo=0, hi=1),
     }
+    _batched_fields: ClassVar[tuple[str, ...]] = ("start_factor", "end_factor")
 
     def _step(self, k: int, v: float, base: float) -> float:
         sf, ef = self.start_factor, self.end_factor
@@ -126,15 +128,19 @@ class Linear(Piece):
 
     def _ratio(self, k0: int, k: torch.Tensor) -> torch.Tensor:
         f0 = self._cumulative(k0)
-        if f0 == 0:  # only at the window's last step with end_factor=0: nothing moves after it
+        # f0 == 0 only at the window's last step with end_factor=0: nothing moves after it.
+        if not isinstance(f0, torch.Tensor) and f0 == 0:
             return torch.ones_like(k, dtype=F64)
         kf = k.to(F64)
         if self.n == 0:
-            cum = torch.where(k < 0, 1.0, torch.full_like(k, self.start_factor, dtype=F64))
+            cum = torch.where(k < 0, 1.0, fill(k, self.start_factor))
         else:
             d = self.end_factor - self.start_factor
             cum = torch.where(k < 0, 1.0, self.start_factor + d * kf / self.n)
-        return torch.where(k == k0, 1.0, cum / f0)
+        out = torch.where(k == k0, 1.0, cum / f0)
+        if isinstance(f0, torch.Tensor):  # member values: the same rule, member by member
+            out = torch.where(f0 == 0, 1.0, out)
+        return out
 
     def _factor_range(self) -> tuple[float, float]:
         vals = (1.0, self.start_factor, self.end_factor)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
+from functrain.schedules._members import count_members, is_vector, vector_values
 from functrain.schedules._piece import INF, Piece
 from functrain.schedules._schedule import Schedule
 
@@ -44,14 +45,15 @@ WINDOW_DEFAULTS: Mapping[str, Any] = {
 
 
 def bind(
-    builder: str, cls: type[Piece], base: float | None, window: Mapping[str, Any], **own: Any
+    builder: str, cls: type[Piece], base: Any, window: Mapping[str, Any], **own: Any
 ) -> Schedule:
     """Build ``cls(**own)`` in ``window`` and bind it to ``base``: a builder's body.
 
     Args:
         builder: the builder's name, for the error on an unknown keyword argument.
         cls: the piece class.
-        base: the base value (``None``: an unbound schedule for :func:`schedule_list`).
+        base: the base value (``None``: an unbound schedule for :func:`schedule_list`);
+            like the piece's numbers and the window, it may hold one value per member.
         window: the builder's ``**window`` keyword arguments (see :class:`Window`).
         **own: the piece's own arguments.
 
@@ -61,6 +63,7 @@ def bind(
     Raises:
         TypeError: a key of ``window`` is not a :class:`Window` key (as Python does for
             an unexpected keyword argument).
+        ValueError: per-member values of different lengths (naming both arguments).
 
     Example:
         >>> from functrain.schedules import Step
@@ -71,5 +74,14 @@ def bind(
         if key not in WINDOW_DEFAULTS:
             raise TypeError(f"{builder}() got an unexpected keyword argument {key!r}")
     args = {**WINDOW_DEFAULTS, **window}
+    # Check the lengths here, where the builder's argument names are known.
+    per_member = {"base", "begin", "end", *cls.member_fields()}
+    given = {"base": base, **own, "begin": args["begin"], "end": args["end"]}
+    vectors = {
+        name: vector_values(builder, name, value)
+        for name, value in given.items()
+        if name in per_member and is_vector(value)
+    }
+    count_members(builder, vectors)
     piece = cls(**own, begin=args["begin"], end=args["end"], by_epoch=args["by_epoch"])
     return Schedule((piece,), base=base, epoch_length=args["epoch_length"])
