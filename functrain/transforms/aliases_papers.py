@@ -50,7 +50,7 @@ def lamb(
     """
     check_nonnegative("lr", lr, allow_schedule=True)
     b1, b2 = check_betas(betas)
-    check_nonnegative("eps", eps)
+    check_nonnegative("eps", eps, allow_members=True)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     return chain(
         scale_by_adam(b1, b2, eps, maximize=maximize),

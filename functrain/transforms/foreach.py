@@ -101,7 +101,8 @@ def _op(name: str, xs: list[Tensor], *args: Any, inplace: bool, **kwargs: Any) -
     ``torch._foreach_<name>``: the same kernel either way. Under vmap: :func:`leafwise`,
     out of place even when ``inplace`` (the caller uses the returned list either way, and a
     donated buffer need not be batched like the values written into it)."""
-    if vmapping():
+    # The peek inline: outside torch.func this is the whole cost of the vmap path (one C call).
+    if _functorch.peek_interpreter_stack() is not None and vmapping():
         return leafwise(name, xs, *args, **kwargs)
     if inplace:
         getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
@@ -267,9 +268,17 @@ def addcmul_scaled(
     return addcmul(p, a, b, host, inplace)
 
 
-def leaf_norms(xs: list[Tensor]) -> Tensor:
-    """The 2-norm of every tensor of one (device, dtype) group, stacked in float64."""
-    return torch.stack(norms(xs)).to(torch.float64)
+def leaf_norms(xs: list[Tensor], members: int | None = None) -> Tensor:
+    """The 2-norm of every tensor of one (device, dtype) group, stacked in float64.
+
+    With ``members`` (stacked ensemble members, ``info.members``): the norm of each member's
+    slice of each leaf, a ``[leaves, members]`` tensor. The slices go through the same foreach
+    norm as a member's own leaves would, so each value is bitwise the member's own.
+    """
+    if members is None:
+        return torch.stack(norms(xs)).to(torch.float64)
+    slices = [s for x in xs for s in x.unbind(0)]
+    return torch.stack(norms(slices)).to(torch.float64).view(len(xs), members)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +332,10 @@ def per_leaf(values: Tensor, like: list[Tensor]) -> list[Tensor]:
     """A 1-d float64 tensor of per-leaf scalars as 0-d tensors in the leaves' dtype.
 
     ``mul(xs, per_leaf(...), inplace)`` then scales each leaf by its own scalar, as torch's
-    ``alpha=`` per parameter does, without reading the values on the host.
+    ``alpha=`` per parameter does, without reading the values on the host. A 2-d
+    ``[leaves, members]`` tensor (per-member values, see :func:`leaf_norms`) gives each leaf a
+    ``[members, 1, ..., 1]`` view that broadcasts over its member axis.
     """
+    if values.ndim == 2:
+        return [member_views(v, [x])[0] for v, x in zip(values.unbind(), like, strict=True)]
     return list(values.to(like[0].dtype).unbind()) if like else []

@@ -50,7 +50,9 @@ def scale_by_trust_ratio(
     As optax's ``scale_by_trust_ratio``: the norms are floored at ``min_norm``, and the
     ratio is 1 where either norm is 0 (a zero-initialised leaf, or a zero update). The
     per-leaf norms come from ``torch._foreach_norm``, once per (device, dtype) group; the
-    ratio is computed on the device (no host sync). Needs the parameters.
+    ratio is computed on the device (no host sync). Needs the parameters. Under
+    :func:`functrain.ensemble` the norms and the ratio are per member (each member's slice
+    of a leaf is a leaf of its own).
 
     Args:
         min_norm: lower bound of both norms, >= 0.
@@ -78,8 +80,9 @@ def scale_by_trust_ratio(
         params = parts.require_params("scale_by_trust_ratio", params)
 
         def group(u: list[Tensor], p: list[Tensor]) -> list[Tensor]:
-            param_norm = torch.clamp_min(fe.leaf_norms(p), min_norm)
-            update_norm = torch.clamp_min(fe.leaf_norms(u), min_norm)
+            # Stacked ensemble members: [leaves, members] norms, one ratio per member slice.
+            param_norm = torch.clamp_min(fe.leaf_norms(p, info.members), min_norm)
+            update_norm = torch.clamp_min(fe.leaf_norms(u, info.members), min_norm)
             zero = (param_norm == 0) | (update_norm == 0)
             ratio = safe_ratio(trust_coefficient * param_norm, update_norm + eps, zero)
             return fe.mul(u, fe.per_leaf(ratio, u), info.donate)
