@@ -61,3 +61,18 @@ def test_ensemble_digits_sweeps_eight_learning_rates(capsys):
     assert out["best_module_test_acc"] == pytest.approx(test_acc[best], abs=2 / 270)
     printed = capsys.readouterr().out
     assert "test acc" in printed and "plain nn.Module" in printed
+
+
+def test_ensemble_benchmark_runs_and_prints_ratios():
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "ensemble.py"),
+            *("--members", "2", "--repeats", "1", "--steps", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    assert "seq/stacked" in out and "vmap/stacked" in out and "n/a" not in out
