@@ -14,8 +14,14 @@ Rows:
                                      the gradients arrive flat, as autograd produces them
                                      through layout.unpack(...)
   packed donate + pack(grads)        the same, packing per-leaf gradients with torch.cat first
+  compiled donate AdamW / Lion / custom 3-transform chain
+                                     functrain.compiled(tx) through apply_gradients(donate=True):
+                                     per-leaf gradients packed by torch.cat, one program
+  compiled pure AdamW                the same, pure (nothing written in place)
 
-Usage: python benchmarks/step.py [--repeats N] [--threads T] [--small-only]
+The compile time of each compiled row is printed under the table (--no-compiled skips them).
+
+Usage: python benchmarks/step.py [--repeats N] [--threads T] [--small-only] [--no-compiled]
 """
 
 from __future__ import annotations
@@ -111,7 +117,7 @@ def functrain_steps(shapes) -> dict[str, Callable[[], None]]:
             tx, box3["params"], layout.pack(grads), box3["state"], donate=True
         )
 
-    return {
+    rows = {
         "apply_gradients donate": donate,
         "apply_gradients pure": pure,
         "update+apply_updates pure": update_pure,
@@ -119,9 +125,64 @@ def functrain_steps(shapes) -> dict[str, Callable[[], None]]:
         "packed donate (grads given flat)": packed_donate,
         "packed donate + pack(grads)": packed_with_packing,
     }
+    return rows
 
 
-def run(name: str, shapes, repeats: int) -> None:
+def custom_chain() -> ft.GradientTransformation:
+    """Three transforms no torch kernel covers: a user sign-agreement mask, momentum with a
+    cosine-scheduled learning rate, and decoupled decay on matrices only."""
+
+    def agree(u: list, p: list) -> list:
+        # Keep the update where it points against the parameter, halve it elsewhere.
+        keep = torch._foreach_mul(u, p)
+        return [torch.where(k < 0, x, 0.5 * x) for k, x in zip(keep, u, strict=True)]
+
+    return ft.chain(
+        ft.clip(MAX_NORM),
+        ft.stateless_foreach(agree, name="agree"),
+        ft.trace(0.9),
+        ft.masked(ft.add_decayed_weights(WD), lambda path, p: p.ndim > 1),
+        ft.scale_by_learning_rate(ft.schedules.cosine_annealing_lr(LR, T_max=10_000)),
+    )
+
+
+def compiled_steps(
+    shapes,
+) -> tuple[dict[str, Callable[[], None]], dict[str, ft.GradientTransformation]]:
+    gen = torch.Generator().manual_seed(0)
+    params = {f"p{i}": torch.randn(s, generator=gen) for i, s in enumerate(shapes)}
+    grads = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    txs = {
+        "compiled donate AdamW": ft.compiled(
+            ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=LR, weight_decay=WD))
+        ),
+        "compiled donate Lion": ft.compiled(
+            ft.chain(ft.clip(MAX_NORM), ft.lion(lr=LR, weight_decay=WD))
+        ),
+        "compiled donate custom 3-transform": ft.compiled(custom_chain()),
+        "compiled pure AdamW": ft.compiled(
+            ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=LR, weight_decay=WD))
+        ),
+    }
+    rows: dict[str, Callable[[], None]] = {}
+    for label, tx in txs.items():
+        donate = "donate" in label
+        box = {"params": {k: v.clone() for k, v in params.items()}}
+        box["state"] = tx.init(box["params"])
+
+        def step(box=box, tx=tx, donate=donate) -> None:
+            new_params, new_state = ft.apply_gradients(
+                tx, box["params"], grads, box["state"], donate=donate
+            )
+            if donate:
+                box["params"], box["state"] = new_params, new_state
+
+        step()  # compiles
+        rows[label] = step
+    return rows, txs
+
+
+def run(name: str, shapes, repeats: int, compiled: bool = True) -> None:
     n = sum(torch.Size(s).numel() for s in shapes)
     print(f"\n{name}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters")
     rows = {
@@ -130,11 +191,19 @@ def run(name: str, shapes, repeats: int) -> None:
         "torch for-loop": torch_step(shapes, foreach=False),
         **functrain_steps(shapes),
     }
+    txs = {}
+    if compiled:
+        compiled_rows, txs = compiled_steps(shapes)
+        rows.update(compiled_rows)
     results = median_ms(rows, repeats)
     base = results["torch fused (baseline)"]
     print(f"  {'configuration':36s} {'median ms':>10s} {'vs torch fused':>15s}")
     for label, ms in results.items():
         print(f"  {label:36s} {ms:10.2f} {ms / base:14.2f}x")
+    for label, tx in txs.items():
+        stats = ft.compile_stats(tx)
+        how = "eager fallback" if stats["eager"] else f"{stats['compiles']} program(s)"
+        print(f"  compile time, {label}: {stats['seconds']:.1f} s ({how})")
 
 
 def main() -> None:
@@ -142,13 +211,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--small-only", action="store_true", help="skip the ResNet-50 set")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clip({MAX_NORM}) + AdamW")
     if not args.small_only:
-        run("ResNet-50 shapes", resnet50_shapes(), args.repeats)
-    run("1000 small tensors", small_shapes(), args.repeats)
+        run("ResNet-50 shapes", resnet50_shapes(), args.repeats, not args.no_compiled)
+    run("1000 small tensors", small_shapes(), args.repeats, not args.no_compiled)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def make_train_step(
     distributed: bool | None = None,
     bucket_cap_mb: float | None = None,
     process_group: Any = None,
+    compile: bool | str = False,
 ) -> TrainStep:
     """Build ``step(state, batch) -> (state, metrics)``: forward, backward and one update.
 
@@ -135,6 +136,10 @@ def make_train_step(
             that are all-reduced asynchronously as soon as they are full (DDP's default is
             25). ``None``: one all-reduce per ``(device, dtype)`` after backward.
         process_group: the process group to average over (default: the default group).
+        compile: compile forward, backward and update as one program with ``torch.compile``
+            (see :mod:`functrain.compiled_step`): ``True``, or a ``torch.compile`` mode name
+            (``"reduce-overhead"`` captures it in a CUDA graph on CUDA). Graph breaks are
+            named in a warning; without a working compiler, a warning and the eager step.
 
     Returns:
         The train step. ``metrics`` holds ``"loss"`` and whatever ``loss_fn`` added.
@@ -149,6 +154,10 @@ def make_train_step(
 
     if grad not in ("func", "autograd"):
         raise ValueError(f"grad must be 'func' or 'autograd', got {grad!r}")
+    if compile and fused is None:
+        # Inductor fuses the foreach update into the backward's loops; torch's fused kernels
+        # (tensor lr) have no fake implementation to trace.
+        fused = False
     loss = _loss_of(model, loss_fn, autocast)
     average = _data_parallel_averaging(tx, grad, distributed, bucket_cap_mb, process_group)
     # The gradient function: torch.func's or autograd's, with the all-reduce of data
@@ -176,6 +185,10 @@ def make_train_step(
         metrics = {"loss": value.detach(), **aux}
         return state.replace(params=params, buffers=buffers, opt_state=opt_state), metrics
 
+    if compile:
+        from functrain.compiled_step import compile_train_step
+
+        return compile_train_step(train_step, compile)
     return train_step
 
 

@@ -1,0 +1,202 @@
+"""functrain.compiled and make_train_step(compile=True): the compiled programs against the eager
+chain, compile counts, and the eager fallback.
+
+Compiling is slow on a 2-core CPU (seconds per program), so the trees are tiny and the
+compiled transforms are shared through module-scoped fixtures.
+
+Tolerances: the compiled step fuses each transform's ops into one loop per buffer, where
+the C++ compiler may contract ``a * b + c`` into an FMA and the packed global norm sums in
+another order; each op then differs by at most an ulp or two, so after a few steps the
+parameters agree to ~1e-7 relative. The tests allow 1e-6 (the brief's bound).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import functrain as ft
+from functrain.state import TrainState
+from functrain.step import make_train_step
+
+STEPS = 5
+
+
+def _params() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "enc.weight": torch.randn(6, 5, generator=g),
+        "enc.bias": torch.randn(6, generator=g),
+        "head.weight": torch.randn(3, 6, generator=g),
+        "head.bias": torch.randn(3, generator=g),
+    }
+
+
+def _grads(step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return {k: torch.randn(v.shape, generator=g) for k, v in _params().items()}
+
+
+def _mixed_chain() -> ft.GradientTransformation:
+    """A user transform, partition by leaf rank, masked by path, a cosine schedule."""
+    halve_negative = ft.stateless_foreach(
+        lambda u, p: [torch.where(x < 0, 0.5 * x, x) for x in u], name="halve_negative"
+    )
+    return ft.chain(
+        ft.clip(1.0),
+        halve_negative,
+        ft.partition(
+            {
+                "matrix": ft.adamw(
+                    lr=ft.schedules.cosine_annealing_lr(1e-2, T_max=10), weight_decay=0.1
+                ),
+                "vector": ft.lion(lr=1e-3),
+            },
+            lambda path, p: "matrix" if p.ndim > 1 else "vector",
+        ),
+        ft.masked(ft.scale(0.5), lambda path: path.startswith("enc.")),
+    )
+
+
+def _assert_close(got: dict, want: dict) -> None:
+    for k in want:
+        scale = want[k].abs().max()
+        diff = (got[k] - want[k]).abs().max()
+        assert diff <= 1e-6 * scale, f"{k}: {diff} vs scale {scale}"
+
+
+@pytest.fixture(scope="module")
+def mixed_run() -> dict:
+    """Eager and compiled (donating) runs of the mixed chain, and the compile counters."""
+    counters.clear()
+    eager, fast = _mixed_chain(), ft.compiled(_mixed_chain())
+    p_eager, p_fast = _params(), _params()
+    s_eager, s_fast = eager.init(p_eager), fast.init(p_fast)
+    for step in range(STEPS):
+        p_eager, s_eager = ft.apply_gradients(eager, p_eager, _grads(step), s_eager)
+        p_fast, s_fast = ft.apply_gradients(fast, p_fast, _grads(step), s_fast, donate=True)
+    return {
+        "eager": p_eager,
+        "compiled": p_fast,
+        "stats": ft.compile_stats(fast),
+        "frames": dict(counters["stats"]),
+        "state": s_fast,
+    }
+
+
+def test_compiled_matches_eager_chain(mixed_run: dict) -> None:
+    assert not mixed_run["stats"]["eager"]
+    _assert_close(mixed_run["compiled"], mixed_run["eager"])
+
+
+def test_one_compile_for_all_steps_of_a_schedule(mixed_run: dict) -> None:
+    # The step counter and the cosine learning rate are graph inputs: five steps, one program.
+    assert mixed_run["stats"]["compiles"] == 1
+    assert mixed_run["frames"].get("unique_graphs", 0) == 1
+
+
+def test_values_in_force_see_through_the_compiled_state(mixed_run: dict) -> None:
+    values = ft.values_in_force(mixed_run["state"])
+    assert values, "the learning rates in force are readable from a CompiledState"
+
+
+def test_pure_update_matches_and_leaves_inputs_alone() -> None:
+    eager = ft.chain(ft.clip(1.0), ft.adamw(lr=1e-2))
+    fast = ft.compiled(ft.chain(ft.clip(1.0), ft.adamw(lr=1e-2)))
+    params = _params()
+    before = {k: v.clone() for k, v in params.items()}
+    s_eager, s_fast = eager.init(params), fast.init(params)
+    for step in range(2):
+        u_eager, s_eager = eager.update(_grads(step), s_eager, params)
+        u_fast, s_fast = fast.update(_grads(step), s_fast, params)
+        _assert_close(u_fast, u_eager)
+    for k in params:
+        assert torch.equal(params[k], before[k])
+
+
+def test_fallback_warns_once_and_runs_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("no C++ compiler")
+
+    # torch.compile failing stands for a missing C++ compiler or an inductor error.
+    monkeypatch.setattr(torch, "compile", broken)
+    eager, fast = ft.adamw(lr=1e-2), ft.compiled(ft.adamw(lr=1e-2))
+    p_eager, p_fast = _params(), _params()
+    s_eager, s_fast = eager.init(p_eager), fast.init(p_fast)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(2):
+            p_eager, s_eager = ft.apply_gradients(eager, p_eager, _grads(step), s_eager)
+            p_fast, s_fast = ft.apply_gradients(fast, p_fast, _grads(step), s_fast)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "no C++ compiler" in messages[0]
+    assert ft.compile_stats(fast)["eager"]
+    _assert_close(p_fast, p_eager)
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="donate must be a bool"):
+        ft.compiled(ft.adamw(), donate="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="GradientTransformation"):
+        ft.compiled(lambda x: x)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not built by functrain.compiled"):
+        ft.compile_stats(ft.adamw())
+
+
+def test_compiled_train_step_matches_eager() -> None:
+    torch.manual_seed(0)
+    # No bias before the BatchNorm: its gradient is rounding noise, which Adam would amplify.
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16, bias=False),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 3),
+    )
+
+    def loss_fn(forward, batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(forward(x), y)
+
+    tx = ft.chain(ft.clip(1.0), ft.adamw(lr=1e-2))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 8, generator=g), torch.randint(0, 3, (8,), generator=g))] * 4
+    eager_step = make_train_step(model, loss_fn, tx)
+    fast_step = make_train_step(model, loss_fn, tx, compile=True)
+    s_eager, s_fast = TrainState.create(model, tx), TrainState.create(model, tx)
+    for batch in batches:
+        s_eager, m_eager = eager_step(s_eager, batch)
+        s_fast, m_fast = fast_step(s_fast, batch)
+    info = fast_step.compile_info
+    assert info["mode"] == "fullgraph" and info["programs"] == 1
+    for k in s_eager.params:
+        assert torch.allclose(s_fast.params[k], s_eager.params[k], rtol=1e-5, atol=1e-5), k
+    assert torch.allclose(m_fast["loss"], m_eager["loss"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_captured_step_does_not_sync() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    model = model.cuda()
+
+    def loss_fn(forward, batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(forward(x), y)
+
+    tx = ft.chain(ft.clip(1.0), ft.adamw(lr=ft.schedules.cosine_annealing_lr(1e-3, T_max=100)))
+    step = make_train_step(model, loss_fn, tx, compile="reduce-overhead")
+    state = TrainState.create(model, tx)
+    x = torch.randn(16, 32, device="cuda")
+    y = torch.randint(0, 4, (16,), device="cuda")
+    for _ in range(3):  # compile and warm up (CUDA graph recording) outside the check
+        state, metrics = step(state, (x, y))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(10):  # the steps between two log intervals
+            state, metrics = step(state, (x, y))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(metrics["loss"]).item()
