@@ -39,6 +39,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, initial_value, value_at
+from functrain.transforms.members import PerMember, per_member
 from functrain.transforms.scaling import LearningRateState
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
@@ -63,6 +64,20 @@ def sqrt_numels(xs: list[Tensor]) -> Tensor:
     copy, which synchronises with the stream."""
     device = xs[0].device if xs else torch.device("cpu")
     return _sqrt_numels(tuple(x.numel() for x in xs), device)
+
+
+def rms(xs: list[Tensor], members: int | None, d: float = 1.0) -> Tensor:
+    """``||x|| / (sqrt(numel) * d)`` per leaf in float64 (torch's order of operations); per
+    member slice (``[leaves, members]``) for stacked ensemble members (``info.members``, see
+    :func:`functrain.ensemble`)."""
+    if members is None:
+        return fe.leaf_norms(xs) / (sqrt_numels(xs) * d)
+    return fe.leaf_norms(xs, members) / (sqrt_numels([x[0] for x in xs]) * d).unsqueeze(1)
+
+
+def _on(value: Any, device: torch.device) -> Any:
+    """A per-member value as its 1-d float64 tensor on ``device``; a number as it is."""
+    return value.on(device) if isinstance(value, PerMember) else value
 
 
 @functools.lru_cache(maxsize=64)
@@ -107,7 +122,9 @@ def scale_by_factored_rms(
     ones), ``R <- lerp(R, mean_{-1}(G*G), 1 - beta2_t)``, ``C <- lerp(C, mean_{-2}(G*G),
     1 - beta2_t)``, and estimates ``V = (R @ C) / max(mean_{-2}(R), eps)``; a 0-d or 1-d
     leaf keeps ``V <- lerp(V, G*G, 1 - beta2_t)``. The update is ``U / max(1, RMS(U) / d)``
-    with ``U = G / sqrt(max(V, eps**2))`` (torch's update clipping by ``d``).
+    with ``U = G / sqrt(max(V, eps**2))`` (torch's update clipping by ``d``). Under
+    :func:`functrain.ensemble` each member's slice is a leaf of its own (a stacked ``[N, d]``
+    bias is a vector, ``RMS(U)`` is per member).
 
     Args:
         beta2_decay: ``<= 0``; the decay rate of ``beta2``.
@@ -130,9 +147,11 @@ def scale_by_factored_rms(
 
     def init(params: list[Tensor], info: TreeInfo) -> FactoredRmsState:
         device = params[0].device if params else torch.device("cpu")
+        # Stacked ensemble members: a leaf is a matrix when each member's slice is one.
+        stacked = 0 if info.members is None else 1
         rows, cols, variances = [], [], []
         for p in params:
-            if p.dim() > 1:
+            if p.dim() - stacked > 1:
                 rows.append(p.new_zeros((*p.shape[:-1], 1)))
                 cols.append(p.new_zeros((*p.shape[:-2], 1, p.shape[-1])))
                 variances.append(None)
@@ -172,8 +191,9 @@ def scale_by_factored_rms(
             dtype = g[0].dtype
             eps1 = torch.finfo(dtype).eps if eps is None else eps
             w = weight64.to(dtype)
-            fac = [i for i, x in enumerate(g) if x.dim() > 1]
-            vec = [i for i, x in enumerate(g) if x.dim() <= 1]
+            stacked = 0 if info.members is None else 1  # the member axis is not a dim
+            fac = [i for i, x in enumerate(g) if x.dim() - stacked > 1]
+            vec = [i for i, x in enumerate(g) if x.dim() - stacked <= 1]
             new_rows: list[Tensor | None] = [None] * len(g)
             new_cols: list[Tensor | None] = [None] * len(g)
             new_vars: list[Tensor | None] = [None] * len(g)
@@ -217,7 +237,7 @@ def scale_by_factored_rms(
                     u[i] = est[j]
             u = fe.rsqrt(u, donate)
             u = fe.mul(u, g, donate)
-            denom = torch.clamp_min(fe.leaf_norms(u) / (sqrt_numels(u) * d), 1.0)
+            denom = torch.clamp_min(rms(u, info.members, d), 1.0)
             u = fe.div(u, fe.per_leaf(denom, u), donate)
             return u, new_rows, new_cols, new_vars
 
@@ -261,16 +281,24 @@ def scale_by_relative_step(
         eps: lower bound of the parameter scale, >= 0.
 
     In a chain with :func:`~functrain.mask_multipliers` a group's cap is ``lr * lr_mult``.
+    Under :func:`functrain.ensemble` ``RMS(param)`` is per member, and ``learning_rate`` and
+    ``eps`` may be given per member.
 
     Example:
         >>> tx = chain(scale_by_factored_rms(), scale_by_relative_step(1e-2))
     """
     check_nonnegative("lr", learning_rate, allow_schedule=True)
-    if parts.number("eps[1]", eps) < 0:
-        raise ValueError(f"Invalid eps[1] (epsilon2): {eps}; epsilon2 should be >= 0")
-    eps = float(eps)
+    learning_rate = per_member("lr", learning_rate)
+    eps = per_member("eps[1]", eps)
+    if isinstance(eps, PerMember):
+        check_nonnegative("eps[1]", eps.values, allow_members=True)
+    else:
+        if parts.number("eps[1]", eps) < 0:
+            raise ValueError(f"Invalid eps[1] (epsilon2): {eps}; epsilon2 should be >= 0")
+        eps = float(eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> LearningRateState:
+        _on(eps, parts.device_of(params))  # a per-member eps checks the member count
         return _lr_state(learning_rate, params)
 
     def update(
@@ -290,13 +318,15 @@ def scale_by_relative_step(
             # A torch param group's lr is lr * lr_mult (mask_multipliers).
             lr_mult = info.group_multipliers(g)[0]
             rho = torch.minimum(lr * lr_mult if lr_mult != 1.0 else lr, inv_sqrt_t)
-            alpha = torch.clamp_min(fe.leaf_norms(p) / sqrt_numels(p), eps) * rho
+            # Per member ([leaves, members]) under an ensemble; a per-member rho / eps
+            # ([members]) broadcasts over the last axis.
+            alpha = torch.clamp_min(rms(p, info.members), _on(eps, t.device)) * rho
             return fe.mul(u, fe.per_leaf(-alpha, u), info.donate)
 
         out = info.foreach(group, updates, params, with_group=True)
         return out, LearningRateState(state.count + 1, lr)
 
-    name = f"scale_by_relative_step({learning_rate!r}, eps={eps:g})"
+    name = f"scale_by_relative_step({learning_rate!r}, eps={parts.name_of(eps)})"
     return from_flat(FlatTransform(init, update, name=name))
 
 
@@ -345,6 +375,9 @@ def add_decoupled_decay(
     """
     check_nonnegative("lr", learning_rate, allow_schedule=True)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
+    # Per-member values (an ensemble) run as constant schedules of one value per member.
+    learning_rate = per_member("lr", learning_rate)
+    weight_decay = per_member("weight_decay", weight_decay)
 
     def init(params: list[Tensor], info: TreeInfo) -> DecoupledDecayState:
         lr_state = _lr_state(learning_rate, params)

@@ -85,7 +85,8 @@ class MultiplierSpec:
 
     def apply(self, info: TreeInfo) -> TreeInfo:
         """``info`` with its groups refined by multiplier and ``info.multipliers`` set."""
-        key = (info.treespec, info.groups, info.donate)
+        # members too: the refined info keeps it, and a stacked tree may share a treespec.
+        key = (info.treespec, info.groups, info.donate, info.members)
         cached = self._cache.get(key)
         if cached is None:
             paths = info.paths

@@ -90,7 +90,8 @@ def leaf_values(
     check: Callable[[Any], bool],
     expected: str,
 ) -> tuple[Any, ...]:
-    """One value per leaf from a pytree prefix or a callable over ``(path[, leaf])``."""
+    """One value per leaf from a pytree prefix or a callable over ``(path[, leaf])``; under
+    :func:`functrain.ensemble` the callable's ``leaf`` is member 0's slice of the leaf."""
     hook = RESOLUTION_HOOK.get()
     if hook is not None:
         return hook(info, lambda: _resolve(spec, params, info, argname, check, expected))
@@ -108,6 +109,10 @@ def _resolve(
     paths = info.paths
     if callable(spec) and not isinstance(spec, Tensor):
         takes_leaf = _arity(spec) >= 2
+        if takes_leaf and info.members is not None:
+            # Stacked ensemble members (functrain.ensemble): the callable sees one member's
+            # slice, so ``p.ndim > 1`` / Muon's "is a matrix" mean what they mean for one model.
+            params = [leaf[0] for leaf in params]
         values = tuple(
             spec(path, leaf) if takes_leaf else spec(path)
             for path, leaf in zip(paths, params, strict=True)

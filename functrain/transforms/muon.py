@@ -38,6 +38,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
+from functrain.transforms.members import per_member
 from functrain.transforms.validation import check_momentum, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -151,7 +152,8 @@ def scale_by_muon(
 
     Every leaf must be 2-d (``init`` raises ``ValueError`` naming the first that is not);
     use ``muon(..., fallback=...)`` or :func:`~functrain.transforms.combinators.partition`
-    for the others.
+    for the others. Under :func:`functrain.ensemble` each member's ``[A, B]`` slice of a
+    ``[N, A, B]`` leaf is orthogonalised on its own, and ``momentum`` may be per member.
 
     Args:
         momentum: EMA factor >= 0 (torch's ``momentum``), or a schedule of the step.
@@ -169,16 +171,28 @@ def scale_by_muon(
         >>> tx = chain(scale_by_muon(), scale_by_learning_rate(0.02))
     """
     check_momentum("momentum", momentum, allow_schedule=True)
+    momentum = per_member("momentum", momentum)  # per-member values run as a schedule
     coefficients = _check_ns(ns_coefficients, ns_steps, eps, adjust_lr_fn)
     eps = float(eps)
 
+    def orthogonalise(x: Tensor, members: int | None) -> Tensor:
+        if members is None:
+            return newton_schulz(x, coefficients, ns_steps, eps, ns_dtype).to(x.dtype)
+        # One member matrix at a time: the same 2-d kernels as a member's own run (a batched
+        # matmul rounds differently, and an ulp of bfloat16 is 4e-3 of the update).
+        return torch.stack(
+            [newton_schulz(m, coefficients, ns_steps, eps, ns_dtype) for m in x.unbind(0)]
+        ).to(x.dtype)
+
     def init(params: list[Tensor], info: TreeInfo) -> MuonState:
+        stacked = info.members is not None  # the member axis is not a matrix dim
         for path, p in zip(info.paths, params, strict=True):
-            if p.dim() != 2:
+            if p.dim() - stacked != 2:
+                shape = tuple(p.shape[1:] if stacked else p.shape)
                 raise ValueError(
                     f"Muon only supports 2D parameters whereas leaf {path!r} has size "
-                    f"{tuple(p.shape)}; route the other leaves to another transform with "
-                    "muon(..., fallback=adamw(...)) or partition"
+                    f"{shape}{' per member' if stacked else ''}; route the other leaves to "
+                    "another transform with muon(..., fallback=adamw(...)) or partition"
                 )
         device = params[0].device if params else torch.device("cpu")
         return MuonState(
@@ -202,8 +216,9 @@ def scale_by_muon(
         def group(g: list[Tensor], b: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
             b = fe.lerp(b, g, 1 - mom, donate)
             m = fe.lerp(g, b, mom, False) if nesterov else b
-            o = [newton_schulz(x, coefficients, ns_steps, eps, ns_dtype).to(x.dtype) for x in m]
-            ratios = [adjusted_ratio(adjust_lr_fn, x.shape) for x in o]
+            o = [orthogonalise(x, info.members) for x in m]
+            stacked = info.members is not None
+            ratios = [adjusted_ratio(adjust_lr_fn, x.shape[1:] if stacked else x.shape) for x in o]
             if any(r != 1.0 for r in ratios):
                 # Shapes are static: a Python list of factors needs no host sync.
                 o = fe.mul(o, ratios, False)
@@ -227,7 +242,8 @@ Mask = Callable[[str, Tensor], bool]
 
 
 def is_matrix(path: str, leaf: Tensor) -> bool:
-    """The default Muon mask: the leaf is 2-d."""
+    """The default Muon mask: the leaf is 2-d (under :func:`functrain.ensemble` a mask sees
+    one member's slice, so a stacked ``[N, A, B]`` leaf is a matrix)."""
     return leaf.dim() == 2
 
 
