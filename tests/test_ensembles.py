@@ -234,6 +234,32 @@ def test_func_and_autograd_gradients_give_the_same_bits():
         assert torch.equal(a, b)
 
 
+def test_loss_scaling_inside_the_ensemble_scales_each_members_loss():
+    # The step differentiates loss * scale (read from the loss_scaling state, as
+    # make_train_step does) and the transform unscales: member i as its own run.
+    def scaled(lr):
+        return ft.loss_scaling(member_tx(lr), init_scale=2.0**10)
+
+    data = batches(3, False)
+    params, buffers, model = ft.init_members(make_model, SEEDS)
+    tx = ft.ensemble(scaled(list(LRS)), len(SEEDS))
+    state = ft.TrainState(params=params, buffers=buffers, opt_state=tx.init(params))
+    step = ft.make_ensemble_train_step(model, loss_fn, tx, len(SEEDS))
+    for batch in data:
+        state, _ = step(state, batch)
+    for i, seed in enumerate(SEEDS):
+        torch.manual_seed(seed)
+        net = make_model()
+        alone = ft.TrainState.create(net, scaled(LRS[i]))
+        alone_step = ft.make_train_step(net, loss_fn, scaled(LRS[i]))
+        for batch in data:
+            alone, _ = alone_step(alone, batch)
+        one = ft.member_state(state, i)
+        for name in alone.params:
+            assert_close(one.params[name], alone.params[name], f"member {i} param {name}")
+        assert_trees_close(one.opt_state, alone.opt_state, f"member {i} opt_state")
+
+
 def test_dropout_masks_differ_between_members():
     def make():
         return nn.Sequential(nn.Dropout(0.5), nn.Linear(32, 2))
