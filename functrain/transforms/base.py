@@ -129,8 +129,34 @@ def _register_torch_pytree(cls: type, children: tuple[str, ...], static: tuple[s
         flatten_fn,
         unflatten_fn,
         serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        to_dumpable_context=_context_to_json,
+        from_dumpable_context=_context_from_json,
         flatten_with_keys_fn=flatten_with_keys_fn,
     )
+
+
+def _context_to_json(value: Any) -> Any:
+    """A torch pytree context as JSON that keeps tuples tuples (``torch.export.save``
+    writes contexts as JSON, and a list would not compare equal to the original tuple)."""
+    if isinstance(value, tuple):
+        return {"tuple": [_context_to_json(v) for v in value]}
+    if isinstance(value, list):
+        return [_context_to_json(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(
+        f"a state record's static field holds a {type(value).__name__}, which torch's "
+        "pytree serialization (torch.export.save) cannot write; static fields must be "
+        "numbers, strings, None or tuples / lists of them"
+    )
+
+
+def _context_from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(_context_from_json(v) for v in value["tuple"])
+    if isinstance(value, list):
+        return [_context_from_json(v) for v in value]
+    return value
 
 
 def _none_pattern(value: Any) -> bool | tuple[bool, ...]:
