@@ -14,10 +14,12 @@ Columns:
   vmap        the same vmapped forward and backward, then torch.func.vmap over the members of
               an unbatched apply_gradients(chain(clip(1.0), adamw(lr)), ...) whose state
               holds each member's lr (set_hyperparam on the vmapped init)
+  one lr      the stacked step with one lr shared by all members (not a sweep: what an
+              ensemble of one configuration costs; torch's fused AdamW kernel runs)
 
 Printed: the median ms per step of each column (rounds interleaved, so that drifting
-machine load falls on every column alike) and the ratios sequential/stacked and
-vmap/stacked.
+machine load falls on every column alike) and the ratios sequential/stacked,
+vmap/stacked and sequential/one lr.
 
 Usage: python benchmarks/ensemble.py [--members 4 16 64] [--repeats R] [--device cuda]
        [--threads T] [--batch-per-member]
@@ -61,9 +63,12 @@ def data(n: int, per_member: bool, device: torch.device) -> tuple[Tensor, Tensor
     return x.to(device), y.to(device)
 
 
-def stacked_step(n: int, per_member: bool, device: torch.device) -> Callable[[], None]:
+def stacked_step(
+    n: int, per_member: bool, device: torch.device, one_lr: bool = False
+) -> Callable[[], None]:
     params, buffers, model = ft.init_members(mlp, range(n), device=device)
-    tx = ft.ensemble(ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=member_lrs(n))), n)
+    lr = 1e-3 if one_lr else member_lrs(n)
+    tx = ft.ensemble(ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=lr)), n)
     state = ft.TrainState(params=params, buffers=buffers, opt_state=tx.init(params))
     step = ft.make_ensemble_train_step(model, loss_fn, tx, n, batch_per_member=per_member)
     batch = data(n, per_member, device)
@@ -169,13 +174,17 @@ def main() -> None:
         f"with a per-member lr; {device}, {torch.get_num_threads()} thread(s), torch "
         f"{torch.__version__}; median ms/step of {args.repeats} rounds x {args.steps} steps"
     )
-    header = f"{'N':>4}  {'stacked':>9}  {'sequential':>10}  {'vmap':>9}  {'seq/stacked':>11}  {'vmap/stacked':>12}"
+    header = (
+        f"{'N':>4}  {'stacked':>9}  {'sequential':>10}  {'vmap':>9}  {'one lr':>9}  "
+        f"{'seq/stacked':>11}  {'vmap/stacked':>12}  {'seq/one lr':>10}"
+    )
     print(header)
     notes = []
     for n in args.members:
         rows = {
             "stacked": stacked_step(n, args.batch_per_member, device),
             "sequential": sequential_step(n, args.batch_per_member, device),
+            "one lr": stacked_step(n, args.batch_per_member, device, one_lr=True),
         }
         vmap = vmap_step(n, args.batch_per_member, device)
         if callable(vmap):
@@ -188,7 +197,8 @@ def main() -> None:
         vmap_ratio = "n/a" if v is None else f"{v / stacked:.2f}x"
         print(
             f"{n:>4}  {stacked:9.3f}  {ms['sequential']:10.3f}  {vmap_ms:>9}  "
-            f"{ms['sequential'] / stacked:10.2f}x  {vmap_ratio:>12}"
+            f"{ms['one lr']:9.3f}  {ms['sequential'] / stacked:10.2f}x  {vmap_ratio:>12}  "
+            f"{ms['sequential'] / ms['one lr']:9.2f}x"
         )
     for note in notes:
         print(note)
