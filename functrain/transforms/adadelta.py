@@ -59,17 +59,19 @@ def scale_by_adadelta(
 
     Args:
         rho: decay rate of both running averages, in [0, 1].
-        eps: added inside both square roots, >= 0.
+        eps: added inside both square roots, >= 0 (per member under
+            :func:`functrain.ensemble`).
         maximize: ascend: the incoming gradients are negated first.
 
     Example:
         >>> tx = chain(scale_by_adadelta(0.9), scale_by_learning_rate(1.0))
     """
     rho = check_rho(rho)
-    check_nonnegative("eps", eps)
-    eps = float(eps)
+    check_nonnegative("eps", eps, allow_members=True)
+    eps = parts.constant("eps", eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdadeltaState:
+        parts.check_members(params, eps)
         device = parts.device_of(params)
         return ScaleByAdadeltaState(
             parts.step_counter(device), parts.zeros(params), parts.zeros(params), info.paths
@@ -80,9 +82,10 @@ def scale_by_adadelta(
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """The algorithm: ``delta`` and the new ``(square_avg, acc_delta)``."""
         v = fe.addcmul(fe.mul(v, rho, inplace), g, g, 1 - rho, inplace)
+        epsilon = parts.on(eps, v[0].device)
         # New buffers: sqrt may run in place on them only where autograd is not watching.
-        std = fe.sqrt(fe.add(v, eps, False), inplace)
-        delta = fe.sqrt(fe.add(a, eps, False), inplace)
+        std = fe.sqrt(fe.add(v, epsilon, False), inplace)
+        delta = fe.sqrt(fe.add(a, epsilon, False), inplace)
         delta = fe.mul(fe.div(delta, std, inplace), g, inplace)
         a = fe.addcmul(fe.mul(a, rho, inplace), delta, delta, 1 - rho, inplace)
         return delta, v, a
@@ -136,8 +139,11 @@ def scale_by_adadelta(
         )
         return params, ScaleByAdadeltaState(count, tuple(square_avg), tuple(acc_delta), state.paths)
 
-    name = f"scale_by_adadelta(rho={rho:g}, eps={eps:g}, maximize={maximize})"
-    fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
+    name = f"scale_by_adadelta(rho={rho:g}, eps={parts.name_of(eps)}, maximize={maximize})"
+    # Per-member values (an ensemble) run on the update path only.
+    fusion = (
+        None if parts.any_members(eps) else Kernel(fused, decoupled_decay=False, maximize=maximize)
+    )
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 

@@ -51,19 +51,20 @@ def scale_by_adagrad(
     for torch's ``lr_decay``).
 
     Args:
-        eps: added to the denominator, >= 0.
+        eps: added to the denominator, >= 0 (per member under :func:`functrain.ensemble`).
         initial_accumulator_value: initial value of ``s``, >= 0.
         maximize: ascend: the incoming gradients are negated first.
 
     Example:
         >>> tx = chain(scale_by_adagrad(), scale_by_learning_rate(1e-2))
     """
-    check_nonnegative("eps", eps)
+    check_nonnegative("eps", eps, allow_members=True)
     check_nonnegative("initial_accumulator_value", initial_accumulator_value)
-    eps = float(eps)
+    eps = parts.constant("eps", eps)
     initial = float(initial_accumulator_value)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdagradState:
+        parts.check_members(params, eps)
         return ScaleByAdagradState(
             parts.step_counter(parts.device_of(params)),
             parts.full(params, initial),
@@ -84,7 +85,7 @@ def scale_by_adagrad(
             if maximize:
                 g = fe.neg(g, donate)
             s = fe.addcmul(s, g, g, 1.0, donate)
-            std = fe.add(fe.sqrt(s, False), eps, donate)
+            std = fe.add(fe.sqrt(s, False), parts.on(eps, s[0].device), donate)
             return fe.div(g, std, donate), s
 
         direction, sums = info.foreach(group, updates, list(state.sum_of_squares))
@@ -131,9 +132,13 @@ def scale_by_adagrad(
         return params, ScaleByAdagradState(count, tuple(sums), state.paths)
 
     name = (
-        f"scale_by_adagrad(eps={eps:g}, initial_accumulator_value={initial:g}, maximize={maximize})"
+        f"scale_by_adagrad(eps={parts.name_of(eps)}, initial_accumulator_value={initial:g}, "
+        f"maximize={maximize})"
     )
-    fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
+    # torch's kernel takes eps as a number: a per-member eps has no fused form.
+    fusion = (
+        None if parts.any_members(eps) else Kernel(fused, decoupled_decay=False, maximize=maximize)
+    )
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 

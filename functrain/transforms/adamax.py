@@ -18,6 +18,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
+from functrain.transforms.members import PerMember
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -52,7 +53,7 @@ def scale_by_adamax(
 
     Args:
         b1, b2: decay rates of the first moment and of the infinity norm, each in [0, 1)
-            (torch's ``betas``).
+            (torch's ``betas``); per member under :func:`functrain.ensemble`, as ``eps``.
         eps: added to ``|g|`` before the maximum, >= 0.
         maximize: ascend: the incoming gradients are negated first.
 
@@ -60,12 +61,15 @@ def scale_by_adamax(
         >>> tx = chain(scale_by_adamax(0.9, 0.999), scale_by_learning_rate(2e-3))
     """
     b1, b2 = check_betas((b1, b2))
-    if not isinstance(b1, float):
+    if not isinstance(b1, float | PerMember):
         raise ValueError("scale_by_adamax: betas[0] must be a number, not a schedule")
-    check_nonnegative("eps", eps)
-    eps = float(eps)
+    check_nonnegative("eps", eps, allow_members=True)
+    eps = parts.constant("eps", eps)
+    # Per-member values (an ensemble) are 1-d tensors in the update: no one-pass form.
+    vectors = parts.any_members(b1, b2, eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByAdamaxState:
+        parts.check_members(params, b1, b2, eps)
         device = parts.device_of(params)
         return ScaleByAdamaxState(
             parts.step_counter(device), parts.zeros(params), parts.zeros(params), info.paths
@@ -73,16 +77,17 @@ def scale_by_adamax(
 
     def bias_correction(count: Tensor) -> Tensor:
         # In float64, as torch.optim evaluates it (in Python floats) for every param dtype.
-        return 1 - torch.pow(b1, count.to(torch.float64))
+        return 1 - torch.pow(parts.on(b1, count.device), count.to(torch.float64))
 
     def moments(
         g: list[Tensor], m: list[Tensor], u: list[Tensor], inplace: bool
     ) -> tuple[list[Tensor], list[Tensor]]:
         """The algorithm: the new ``(exp_avg, exp_inf)``; ``g`` is overwritten when in place."""
-        m = fe.lerp(m, g, 1 - b1, inplace)
+        device = m[0].device
+        m = fe.lerp(m, g, 1 - parts.on(b1, device), inplace)
         # g is not needed after the lerp: |g| + eps may overwrite it.
-        norm = fe.add(fe.abs(g, inplace), eps, inplace)
-        return m, fe.maximum(fe.mul(u, b2, inplace), norm, inplace)
+        norm = fe.add(fe.abs(g, inplace), parts.on(eps, device), inplace)
+        return m, fe.maximum(fe.mul(u, parts.on(b2, device), inplace), norm, inplace)
 
     def update(
         updates: list[Tensor],
@@ -132,8 +137,11 @@ def scale_by_adamax(
         )
         return params, ScaleByAdamaxState(count, tuple(mu), tuple(nu), state.paths)
 
-    name = f"scale_by_adamax(b1={b1:g}, b2={b2:g}, eps={eps:g}, maximize={maximize})"
-    fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
+    name = (
+        f"scale_by_adamax(b1={parts.name_of(b1)}, b2={parts.name_of(b2)}, "
+        f"eps={parts.name_of(eps)}, maximize={maximize})"
+    )
+    fusion = None if vectors else Kernel(fused, decoupled_decay=False, maximize=maximize)
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 

@@ -25,6 +25,7 @@ from functrain.transforms.base import GradientTransformation, chain
 from functrain.transforms.combinators import partition
 from functrain.transforms.decay_order import l2_chain, with_decay
 from functrain.transforms.hyperparams import Schedule
+from functrain.transforms.members import per_member
 from functrain.transforms.momentum import trace
 from functrain.transforms.muon import (
     EPS,
@@ -116,7 +117,7 @@ def adagrad(
     check_nonnegative("lr_decay", lr_decay)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     check_nonnegative("initial_accumulator_value", initial_accumulator_value)
-    check_nonnegative("eps", eps)
+    check_nonnegative("eps", eps, allow_members=True)
     learning_rate = lr if lr_decay == 0 else AdagradLearningRate(lr, lr_decay)
     return with_decay(
         lambda ascend: scale_by_adagrad(eps, initial_accumulator_value, maximize=ascend),
@@ -154,7 +155,7 @@ def adadelta(
     """
     check_nonnegative("lr", lr, allow_schedule=True)
     rho = check_rho(rho)
-    check_nonnegative("eps", eps)
+    check_nonnegative("eps", eps, allow_members=True)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     return with_decay(
         lambda ascend: scale_by_adadelta(rho, eps, maximize=ascend), lr, weight_decay, maximize
@@ -236,9 +237,10 @@ def rmsprop(
     """
     check_nonnegative("lr", lr, allow_schedule=True)
     check_nonnegative("alpha", alpha)
-    check_nonnegative("eps", eps)
+    check_nonnegative("eps", eps, allow_members=True)
     check_nonnegative("weight_decay", weight_decay, allow_schedule=True)
     check_momentum("momentum", momentum, allow_schedule=True)
+    momentum = per_member("momentum", momentum)  # per-member values run as a schedule
     with_momentum = is_schedule(momentum) or momentum > 0
     return l2_chain(
         lambda ascend: scale_by_rms(alpha, eps, centered=centered, maximize=ascend),

@@ -21,6 +21,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.kernel_specs import Kernel
+from functrain.transforms.members import per_member
 from functrain.transforms.state_path import find_one
 from functrain.transforms.validation import check_nonnegative
 from functrain.tree import NAMESPACE, PyTree, TreeInfo, flatten, foreach_clone
@@ -76,7 +77,8 @@ def scale_by_asgd(
     Args:
         lr: learning rate, >= 0, or a schedule evaluated at the number of updates applied so
             far; like torch with a scheduler, step ``t``'s ``eta`` comes from the learning
-            rate in force at step ``t - 1`` (the first step uses the initial one).
+            rate in force at step ``t - 1`` (the first step uses the initial one). Per member
+            under :func:`functrain.ensemble` (``eta`` is then per member).
         lambd: decay term (``lambda``).
         alpha: power for the ``eta`` update.
         t0: step at which averaging starts.
@@ -86,6 +88,8 @@ def scale_by_asgd(
         >>> tx = scale_by_asgd(lr=0.01, t0=100)
     """
     check_nonnegative("lr", lr, allow_schedule=True)
+    # Per-member values (an ensemble) run as a constant schedule: eta is then per member.
+    lr = per_member("lr", lr)
     lambd = parts.number("lambd", lambd)
     alpha = parts.number("alpha", alpha)
     t0 = parts.number("t0", t0)

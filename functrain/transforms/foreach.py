@@ -233,6 +233,8 @@ def host_scalar(x: Scalar) -> float | None:
     host number)."""
     if not isinstance(x, Tensor):
         return float(x)
+    if x.ndim:  # per-member values (an ensemble's): the caller multiplies by the tensor
+        return None
     if vmapping() and _functorch.is_functorch_wrapped_tensor(x):
         return None
     if x.device.type == "cpu":

@@ -26,6 +26,7 @@ from functrain.transforms.base import (
     state_record,
     static_field,
 )
+from functrain.transforms.members import PerMember
 from functrain.transforms.validation import check_betas
 from functrain.tree import TreeInfo
 
@@ -56,7 +57,8 @@ def scale_by_lion(
     The interpolations are ``lerp(m, g, 1 - b)``. ``sign(0) = 0``.
 
     Args:
-        b1: interpolation factor of the update, in [0, 1).
+        b1: interpolation factor of the update, in [0, 1) (per member under
+            :func:`functrain.ensemble`, as ``b2``).
         b2: decay of the momentum, in [0, 1).
         maximize: ascend: the incoming gradients are negated first.
 
@@ -64,10 +66,11 @@ def scale_by_lion(
         >>> tx = chain(scale_by_lion(), scale_by_learning_rate(1e-4))
     """
     b1, b2 = check_betas((b1, b2))
-    if callable(b1):
+    if callable(b1) and not isinstance(b1, PerMember):
         raise ValueError("betas[0] of Lion must be a number")
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByLionState:
+        parts.check_members(params, b1, b2)
         device = params[0].device if params else torch.device("cpu")
         mu = tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params)
         return ScaleByLionState(
@@ -87,15 +90,16 @@ def scale_by_lion(
         def group(g: list[Tensor], m: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
             if maximize:
                 g = fe.neg(g)
-            c = fe.lerp(m, g, 1 - b1, False)
+            device = m[0].device
+            c = fe.lerp(m, g, 1 - parts.on(b1, device), False)
             direction = fe.sign(c, donate)
-            m = fe.lerp(m, g, 1 - b2, donate)
+            m = fe.lerp(m, g, 1 - parts.on(b2, device), donate)
             return direction, m
 
         direction, mu = info.foreach(group, updates, list(state.mu))
         return direction, ScaleByLionState(state.count + 1, tuple(mu), state.paths)
 
-    name = f"scale_by_lion(b1={b1:g}, b2={b2:g}, maximize={maximize})"
+    name = f"scale_by_lion(b1={parts.name_of(b1)}, b2={parts.name_of(b2)}, maximize={maximize})"
     return from_flat(FlatTransform(init, update, name=name))
 
 

@@ -19,6 +19,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
+from functrain.transforms.members import PerMember
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -63,7 +64,8 @@ def scale_by_nadam(
     with ``scale_by_learning_rate(lr)``.
 
     Args:
-        b1, b2: decay rates of the moments, each in [0, 1) (torch's ``betas``).
+        b1, b2: decay rates of the moments, each in [0, 1) (torch's ``betas``); per member
+            under :func:`functrain.ensemble` (``mu_product`` is then per member), as ``eps``.
         eps: added to the denominator, >= 0.
         momentum_decay: ``psi``, >= 0.
         maximize: ascend: the incoming gradients are negated first.
@@ -72,17 +74,22 @@ def scale_by_nadam(
         >>> tx = chain(scale_by_nadam(), scale_by_learning_rate(2e-3))
     """
     b1, b2 = check_betas((b1, b2))
-    if not isinstance(b1, float):
+    if not isinstance(b1, float | PerMember):
         raise ValueError("scale_by_nadam: betas[0] must be a number, not a schedule")
-    check_nonnegative("eps", eps)
+    check_nonnegative("eps", eps, allow_members=True)
     check_nonnegative("momentum_decay", momentum_decay)
-    eps, momentum_decay = float(eps), float(momentum_decay)
+    eps, momentum_decay = parts.constant("eps", eps), float(momentum_decay)
+    # Per-member values (an ensemble) are 1-d tensors in the update: no one-pass form.
+    vectors = parts.any_members(b1, b2, eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByNadamState:
+        parts.check_members(params, b1, b2, eps)
         device = parts.device_of(params)
+        # A per-member b1 gives each member its own running product of mu_t.
+        shape = (len(b1),) if isinstance(b1, PerMember) else ()
         return ScaleByNadamState(
             parts.step_counter(device),
-            torch.ones((), dtype=torch.float32, device=device),
+            torch.ones(shape, dtype=torch.float32, device=device),
             parts.zeros(params),
             parts.zeros(params),
             paths=info.paths,
@@ -92,9 +99,10 @@ def scale_by_nadam(
         """count, mu_product, 1 - b2**t, mu_t, mu_{t+1} and P_t (float64)."""
         count = parts.increment(state.count, donate)
         t = count.to(torch.float64)
-        bc2 = 1 - torch.pow(b2, t)
-        mu = b1 * (1.0 - 0.5 * torch.pow(0.96, t * momentum_decay))
-        mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1) * momentum_decay))
+        beta1, beta2 = parts.on(b1, count.device), parts.on(b2, count.device)
+        bc2 = 1 - torch.pow(beta2, t)
+        mu = beta1 * (1.0 - 0.5 * torch.pow(0.96, t * momentum_decay))
+        mu_next = beta1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1) * momentum_decay))
         # torch multiplies its float32 mu_product in place by the (float32-rounded) mu.
         mu32 = mu.to(torch.float32)
         mu_product = state.mu_product.mul_(mu32) if donate else state.mu_product * mu32
@@ -104,9 +112,11 @@ def scale_by_nadam(
         g: list[Tensor], m: list[Tensor], v: list[Tensor], bc2: Tensor | float, inplace: bool
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """The algorithm: the new ``(exp_avg, exp_avg_sq)`` and ``sqrt(v / bc2) + eps``."""
-        m = fe.lerp(m, g, 1 - b1, inplace)
-        v = fe.addcmul(fe.mul(v, b2, inplace), g, g, 1 - b2, inplace)
-        denom = fe.add(fe.sqrt(fe.div(v, bc2, False), inplace), eps, inplace)
+        device = m[0].device
+        beta1, beta2 = parts.on(b1, device), parts.on(b2, device)
+        m = fe.lerp(m, g, 1 - beta1, inplace)
+        v = fe.addcmul(fe.mul(v, beta2, inplace), g, g, 1 - beta2, inplace)
+        denom = fe.add(fe.sqrt(fe.div(v, bc2, False), inplace), parts.on(eps, device), inplace)
         return m, v, denom
 
     def update(
@@ -165,10 +175,11 @@ def scale_by_nadam(
         return params, ScaleByNadamState(count, mu_product, tuple(m_all), tuple(v_all), state.paths)
 
     name = (
-        f"scale_by_nadam(b1={b1:g}, b2={b2:g}, eps={eps:g}, momentum_decay={momentum_decay:g}, "
-        f"maximize={maximize})"
+        f"scale_by_nadam(b1={parts.name_of(b1)}, b2={parts.name_of(b2)}, "
+        f"eps={parts.name_of(eps)}, momentum_decay={momentum_decay:g}, maximize={maximize})"
     )
-    return from_flat(FlatTransform(init, update, name=name, fusion=Kernel(fused)))
+    fusion = None if vectors else Kernel(fused)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 
 # The alias (its chain(...)) lives in alias.py, which imports this module.

@@ -32,17 +32,22 @@ from torch import Tensor
 
 from functrain.transforms import foreach as fe
 from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.members import PerMember, per_member
 from functrain.transforms.validation import is_schedule, number
 from functrain.tree import TreeInfo, describe_mismatch
 
 __all__ = [
+    "any_members",
+    "check_members",
     "check_state_paths",
+    "constant",
     "device_of",
     "evaluate",
     "full",
     "increment",
     "name_of",
     "number",
+    "on",
     "one_pass",
     "reexport_alias",
     "require_params",
@@ -118,6 +123,34 @@ def increment(count: Tensor, inplace: bool) -> Tensor:
 def evaluate(value: float | Schedule, count: Tensor) -> Tensor:
     """A constant or scheduled hyperparameter at ``count``, as a 0-d float64 tensor."""
     return torch.as_tensor(value_at(value, count), dtype=torch.float64, device=count.device)
+
+
+def constant(name: str, value: Any) -> float | PerMember:
+    """A checked constant hyperparameter as a Python float, or as a :class:`PerMember` when
+    it is given per ensemble member (a sequence or 1-d tensor, see :func:`functrain.ensemble`).
+    """
+    value = per_member(name, value)
+    return value if isinstance(value, PerMember) else float(value)
+
+
+def on(value: Any, device: torch.device) -> Any:
+    """A :class:`PerMember` value as its 1-d float64 tensor on ``device`` (checking the member
+    count); anything else as it is."""
+    return value.on(device) if isinstance(value, PerMember) else value
+
+
+def any_members(*values: Any) -> bool:
+    """Whether any of ``values`` is per member (then torch's kernels, which take numbers,
+    cannot run the transform: it has no fused form)."""
+    return any(isinstance(v, PerMember) for v in values)
+
+
+def check_members(params: Sequence[Tensor], *values: Any) -> None:
+    """Check the member count of every per-member value among ``values`` (at ``init``, so a
+    wrong count fails before the first step)."""
+    device = device_of(params)
+    for value in values:
+        on(value, device)
 
 
 def name_of(value: Any) -> str:

@@ -18,6 +18,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.kernel_specs import Kernel
+from functrain.transforms.members import PerMember
 from functrain.transforms.validation import check_betas, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -58,7 +59,9 @@ def scale_by_radam(
     two forms with a 0/1 weight (no host sync).
 
     Args:
-        b1, b2: decay rates of the moments, each in [0, 1) (torch's ``betas``).
+        b1, b2: decay rates of the moments, each in [0, 1) (torch's ``betas``); per member
+            under :func:`functrain.ensemble` (the rectification is then per member), as
+            ``eps``.
         eps: added to the denominator, >= 0.
         maximize: ascend: the incoming gradients are negated first.
 
@@ -66,13 +69,18 @@ def scale_by_radam(
         >>> tx = chain(scale_by_radam(), scale_by_learning_rate(1e-3))
     """
     b1, b2 = check_betas((b1, b2))
-    if not isinstance(b1, float):
+    if not isinstance(b1, float | PerMember):
         raise ValueError("scale_by_radam: betas[0] must be a number, not a schedule")
-    check_nonnegative("eps", eps)
-    eps = float(eps)
-    rho_inf = 2 / (1 - b2) - 1
+    check_nonnegative("eps", eps, allow_members=True)
+    eps = parts.constant("eps", eps)
+    # Per-member values (an ensemble) are 1-d tensors in the update: no one-pass form.
+    vectors = parts.any_members(b1, b2, eps)
+    # float64 elementwise ops round as Python's floats: one rho_inf per member is the same
+    # number a member's own run computes.
+    rho_inf = 2 / (1 - (b2.values if isinstance(b2, PerMember) else b2)) - 1
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByRadamState:
+        parts.check_members(params, b1, b2, eps)
         device = parts.device_of(params)
         return ScaleByRadamState(
             parts.step_counter(device), parts.zeros(params), parts.zeros(params), info.paths
@@ -82,13 +90,13 @@ def scale_by_radam(
         """``1 - b1**t``, the 0/1 rectification flag, and ``sqrt(1 - b2**t) * r_t`` (1 when not
         rectified), in float64 and in torch's order of operations."""
         t = count.to(torch.float64)
-        bc1 = 1 - torch.pow(b1, t)
-        bc2 = 1 - torch.pow(b2, t)
-        rho_t = rho_inf - 2 * t * torch.pow(b2, t) / bc2
+        beta1, beta2 = parts.on(b1, count.device), parts.on(b2, count.device)
+        inf = rho_inf.to(count.device) if isinstance(rho_inf, Tensor) else rho_inf
+        bc1 = 1 - torch.pow(beta1, t)
+        bc2 = 1 - torch.pow(beta2, t)
+        rho_t = inf - 2 * t * torch.pow(beta2, t) / bc2
         rectified = rho_t > 5.0
-        rect = torch.pow(
-            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t), 0.5
-        )
+        rect = torch.pow((rho_t - 4) * (rho_t - 2) * inf / ((inf - 4) * (inf - 2) * rho_t), 0.5)
         # where, not a product: rect is NaN or inf before rectification starts (or never does).
         scale_num = torch.where(rectified, torch.pow(bc2, 0.5) * rect, 1.0)
         return bc1, rectified.to(torch.float64), scale_num
@@ -97,13 +105,14 @@ def scale_by_radam(
         g: list[Tensor], m: list[Tensor], v: list[Tensor], inplace: bool
     ) -> tuple[list[Tensor], list[Tensor]]:
         """The algorithm's moments: the new ``(exp_avg, exp_avg_sq)``."""
-        m = fe.lerp(m, g, 1 - b1, inplace)
-        return m, fe.addcmul(fe.mul(v, b2, inplace), g, g, 1 - b2, inplace)
+        beta1, beta2 = parts.on(b1, m[0].device), parts.on(b2, m[0].device)
+        m = fe.lerp(m, g, 1 - beta1, inplace)
+        return m, fe.addcmul(fe.mul(v, beta2, inplace), g, g, 1 - beta2, inplace)
 
     def denominator(v: list[Tensor], on: Tensor, inplace: bool) -> list[Tensor]:
         """``sqrt(v) + eps`` when rectified, else 1: ``sqrt(v) * on + (eps * on + 1 - on)``."""
         denom = fe.mul(fe.sqrt(v, False), on, inplace)
-        return fe.add_scalar(denom, eps * on + (1 - on), inplace)
+        return fe.add_scalar(denom, parts.on(eps, on.device) * on + (1 - on), inplace)
 
     def update(
         updates: list[Tensor],
@@ -166,8 +175,12 @@ def scale_by_radam(
         )
         return params, ScaleByRadamState(count, tuple(m_all), tuple(v_all), state.paths)
 
-    name = f"scale_by_radam(b1={b1:g}, b2={b2:g}, eps={eps:g}, maximize={maximize})"
-    return from_flat(FlatTransform(init, update, name=name, fusion=Kernel(fused)))
+    name = (
+        f"scale_by_radam(b1={parts.name_of(b1)}, b2={parts.name_of(b2)}, "
+        f"eps={parts.name_of(eps)}, maximize={maximize})"
+    )
+    fusion = None if vectors else Kernel(fused)
+    return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 
 # The alias (its chain(...)) lives in alias.py, which imports this module.

@@ -52,7 +52,7 @@ def scale_by_rms(
 
     Args:
         alpha: smoothing constant, >= 0 (torch does not bound it above).
-        eps: added to the denominator, >= 0.
+        eps: added to the denominator, >= 0 (per member under :func:`functrain.ensemble`).
         centered: normalise by the estimated variance instead of the raw second moment.
         maximize: ascend: the incoming gradients are negated first.
 
@@ -60,10 +60,11 @@ def scale_by_rms(
         >>> tx = chain(scale_by_rms(0.9, centered=True), scale_by_learning_rate(1e-3))
     """
     check_nonnegative("alpha", alpha)
-    check_nonnegative("eps", eps)
-    alpha, eps = float(alpha), float(eps)
+    check_nonnegative("eps", eps, allow_members=True)
+    alpha, eps = float(alpha), parts.constant("eps", eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByRmsState:
+        parts.check_members(params, eps)
         device = parts.device_of(params)
         grad_avg = parts.zeros(params) if centered else ()
         return ScaleByRmsState(
@@ -81,7 +82,7 @@ def scale_by_rms(
             avg = fe.sqrt(fe.addcmul(v, mean, mean, -1.0, False), inplace)
         else:
             avg = fe.sqrt(v, False)
-        avg = fe.add(avg, eps, inplace)
+        avg = fe.add(avg, parts.on(eps, avg[0].device), inplace)
         return (avg, v, mean) if centered else (avg, v)
 
     def update(
@@ -136,8 +137,14 @@ def scale_by_rms(
             count, tuple(square_avg), tuple(grad_avg[0]) if centered else (), state.paths
         )
 
-    name = f"scale_by_rms(alpha={alpha:g}, eps={eps:g}, centered={centered}, maximize={maximize})"
-    fusion = Kernel(fused, decoupled_decay=False, maximize=maximize)
+    name = (
+        f"scale_by_rms(alpha={alpha:g}, eps={parts.name_of(eps)}, centered={centered}, "
+        f"maximize={maximize})"
+    )
+    # Per-member values (an ensemble) run on the update path only.
+    fusion = (
+        None if parts.any_members(eps) else Kernel(fused, decoupled_decay=False, maximize=maximize)
+    )
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 
 

@@ -19,6 +19,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.kernel_specs import Kernel
+from functrain.transforms.members import PerMember, per_member
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import TreeInfo
 
@@ -91,7 +92,7 @@ def scale_by_rprop(
 
     Args:
         lr: initial step size, >= 0. A schedule is evaluated once, at step 0, as torch reads
-            ``lr`` only when it creates the state.
+            ``lr`` only when it creates the state. Per member under :func:`functrain.ensemble`.
         etas: ``(etaminus, etaplus)`` with ``0 < etaminus < 1 < etaplus``.
         step_sizes: ``(min, max)`` bounds of the step size.
         maximize: ascend: the incoming gradients are negated first.
@@ -100,12 +101,21 @@ def scale_by_rprop(
         >>> tx = scale_by_rprop(lr=0.01, etas=(0.5, 1.2))
     """
     check_nonnegative("lr", lr, allow_schedule=True)
+    lr = per_member("lr", lr)
     etaminus, etaplus = check_etas(etas)
     low, high = check_step_sizes(step_sizes)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByRpropState:
         device = parts.device_of(params)
         count = parts.step_counter(device)
+        if isinstance(lr, PerMember) and params:
+            # Each member's slice starts at its own step size (its value in the leaf's dtype,
+            # as full_like rounds a Python float).
+            sizes = tuple(
+                torch.zeros_like(p, memory_format=torch.preserve_format).add_(v)
+                for p, v in zip(params, fe.member_views(lr.on(device), params), strict=True)
+            )
+            return ScaleByRpropState(count, parts.zeros(params), sizes, info.paths)
         initial = lr
         if is_schedule(lr):
             # torch sizes the first steps with the lr in force when the state is created.

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from functrain.transforms import foreach as fe
+from functrain.transforms import optim_parts as parts
 from functrain.transforms.base import (
     FlatTransform,
     GradientTransformation,
@@ -38,6 +39,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, value_at
+from functrain.transforms.members import PerMember, per_member
 from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.scaling import add_decayed_weights
 from functrain.transforms.state_path import find_one
@@ -103,7 +105,9 @@ def scale_by_schedule_free(
     Args:
         learning_rate: ``gamma_t``, a float >= 0 or a schedule of the step (the aliases
             fold warmup, and AdamW's ``sqrt(1 - b2**(t+1))``, into it).
-        b1: interpolation between ``z`` and ``x``, in [0, 1) (SGD's ``momentum``).
+        b1: interpolation between ``z`` and ``x``, in [0, 1) (SGD's ``momentum``). Under
+            :func:`functrain.ensemble` it and ``learning_rate`` may be per member (the
+            averaging weights are then per member).
         r: power of ``t+1`` in the averaging weights.
         weight_lr_power: power of ``lr_max`` in the averaging weights.
 
@@ -111,11 +115,12 @@ def scale_by_schedule_free(
         >>> tx = chain(scale_by_rms_ema(0.999), scale_by_schedule_free(0.0025, 0.9))
     """
     check_nonnegative("lr", learning_rate, allow_schedule=True)
-    check_unit_interval("b1", b1)
+    check_unit_interval("b1", b1, allow_members=True)
     for name, value in (("r", r), ("weight_lr_power", weight_lr_power)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number, got {value!r}")
-    b1, r, weight_lr_power = float(b1), float(r), float(weight_lr_power)
+    learning_rate = per_member("lr", learning_rate)
+    b1, r, weight_lr_power = parts.constant("b1", b1), float(r), float(weight_lr_power)
 
     def lr_at(count: Tensor) -> Tensor:
         value = value_at(learning_rate, count)
@@ -128,12 +133,17 @@ def scale_by_schedule_free(
             return torch.tensor(v, dtype=torch.float64, device=device)
 
         count = torch.zeros((), dtype=torch.int64, device=device)
+        lr = lr_at(count)
+        # Stacked ensemble members with a per-member lr or b1: every scalar is per member
+        # from the start (so a step never changes the state's shapes).
+        b1_value = parts.on(b1, device) if isinstance(b1, PerMember) else scalar(b1)
+        shape = torch.broadcast_shapes(lr.shape, b1_value.shape)
         return ScheduleFreeState(
             count=count,
-            lr=lr_at(count),
-            lr_max=scalar(-1.0),
-            weight_sum=scalar(0.0),
-            b1=scalar(b1),
+            lr=lr.expand(shape).clone(),
+            lr_max=scalar(-1.0).expand(shape).clone(),
+            weight_sum=scalar(0.0).expand(shape).clone(),
+            b1=b1_value.expand(shape).clone(),
             # A copy that keeps the parameters' autograd history (meta-gradients reach z_0).
             z=tuple(p * 1 for p in params),
             paths=info.paths,
@@ -166,7 +176,7 @@ def scale_by_schedule_free(
         weight_sum = state.weight_sum + weight
         zero = weight_sum == 0
         ckp1 = torch.where(zero, 0.0, weight / torch.where(zero, 1.0, weight_sum))
-        y_lr = lr * (b1 * (1 - ckp1) - 1)
+        y_lr = lr * (parts.on(b1, k.device) * (1 - ckp1) - 1)
 
         def group(
             u: list[Tensor], y: list[Tensor], z: list[Tensor]
@@ -181,7 +191,7 @@ def scale_by_schedule_free(
             k + 1, lr, lr_max, weight_sum, state.b1, tuple(z), state.paths
         )
 
-    name = f"scale_by_schedule_free({learning_rate!r}, b1={b1:g}, r={r:g})"
+    name = f"scale_by_schedule_free({learning_rate!r}, b1={parts.name_of(b1)}, r={r:g})"
     return from_flat(FlatTransform(init, update, name=name))
 
 
@@ -207,11 +217,12 @@ def scale_by_rms_ema(b2: float = 0.999, eps: float = 1e-8) -> GradientTransforma
     Example:
         >>> tx = chain(scale_by_rms_ema(0.999), scale_by_schedule_free(0.0025))
     """
-    check_unit_interval("betas[1]", b2)
-    check_nonnegative("eps", eps)
-    b2, eps = float(b2), float(eps)
+    check_unit_interval("betas[1]", b2, allow_members=True)
+    check_nonnegative("eps", eps, allow_members=True)
+    b2, eps = parts.constant("betas[1]", b2), parts.constant("eps", eps)
 
     def init(params: list[Tensor], info: TreeInfo) -> ScaleByRmsEmaState:
+        parts.check_members(params, b2, eps)
         nu = tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params)
         return ScaleByRmsEmaState(nu, paths=info.paths)
 
@@ -226,14 +237,16 @@ def scale_by_rms_ema(b2: float = 0.999, eps: float = 1e-8) -> GradientTransforma
         donate = info.donate
 
         def group(g: list[Tensor], v: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-            v = fe.addcmul(fe.mul(v, b2, donate), g, g, 1 - b2, donate)
-            denom = fe.add(fe.sqrt(v), eps, donate)
+            beta2 = parts.on(b2, v[0].device)
+            v = fe.addcmul(fe.mul(v, beta2, donate), g, g, 1 - beta2, donate)
+            denom = fe.add(fe.sqrt(v), parts.on(eps, v[0].device), donate)
             return fe.div(g, denom, donate), v
 
         out, nu = info.foreach(group, updates, list(state.nu))
         return out, ScaleByRmsEmaState(tuple(nu), state.paths)
 
-    return from_flat(FlatTransform(init, update, name=f"scale_by_rms_ema({b2:g}, eps={eps:g})"))
+    name = f"scale_by_rms_ema({parts.name_of(b2)}, eps={parts.name_of(eps)})"
+    return from_flat(FlatTransform(init, update, name=name))
 
 
 def _warmup_lr(
@@ -250,7 +263,7 @@ def _warmup_lr(
         if warmup_steps:
             value = value * torch.where(step < warmup_steps, (t + 1) / warmup_steps, 1.0)
         if b2 is not None:
-            value = value * torch.sqrt(1 - torch.pow(b2, t + 1))
+            value = value * torch.sqrt(1 - torch.pow(parts.on(b2, step.device), t + 1))
         return value
 
     return schedule
@@ -293,9 +306,15 @@ def schedule_free_sgd(
         >>> tx = schedule_free_sgd(lr=1.0, warmup_steps=100)
     """
     _check_schedule_free_common(lr, weight_decay, warmup_steps)
-    check_unit_interval("momentum", momentum)
-    if momentum <= 0:
-        raise ValueError(f"Invalid momentum: {momentum!r}; momentum must be in (0, 1)")
+    check_unit_interval("momentum", momentum, allow_members=True)
+    momentum = parts.constant("momentum", momentum)
+    for i, value in enumerate(
+        momentum.values.tolist() if isinstance(momentum, PerMember) else [momentum]
+    ):
+        if value <= 0:
+            shown = f"momentum[{i}]" if isinstance(momentum, PerMember) else "momentum"
+            raise ValueError(f"Invalid {shown}: {value!r}; momentum must be in (0, 1)")
+    lr = per_member("lr", lr)
     return chain(
         add_decayed_weights(weight_decay),
         scale_by_schedule_free(
@@ -334,9 +353,10 @@ def schedule_free_adamw(
     """
     _check_schedule_free_common(lr, weight_decay, warmup_steps)
     b1, b2 = check_betas(betas)
-    if is_schedule(b1):
+    if is_schedule(b1) and not isinstance(b1, PerMember):
         raise ValueError("betas[0] of schedule-free AdamW must be a number")
-    check_nonnegative("eps", eps)
+    check_nonnegative("eps", eps, allow_members=True)
+    lr = per_member("lr", lr)
     return chain(
         scale_by_rms_ema(b2, eps),
         add_decayed_weights(weight_decay),
@@ -365,7 +385,14 @@ def schedule_free_eval_params(params: PyTree, opt_state: Any) -> PyTree:
     leaves, info = flatten(params)
     check_state_paths("schedule_free_eval_params", state.paths, info)
     b1 = state.b1
-    if not fe.vmapping():  # under vmap b1 may differ per member and has no host value
+    # Under vmap b1 may differ per member and has no host value; stacked ensemble members
+    # may have one b1 each (a 1-d tensor: the lerp weight broadcasts per member).
+    if not fe.vmapping() and b1.ndim == 1 and bool((b1 == 0).any()):
+        raise ValueError(
+            "schedule_free_eval_params: b1 is 0 for member "
+            f"{int(torch.nonzero(b1 == 0)[0, 0])}, so y == z and x is not recoverable"
+        )
+    if not fe.vmapping() and b1.ndim == 0:
         b1 = float(b1)
         if b1 == 0.0:
             raise ValueError(
