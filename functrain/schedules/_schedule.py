@@ -654,8 +654,18 @@ class _Batch(_Program):
         pieces = list(first.pieces)
         for i in self.tail:
             piece = copy.copy(first.pieces[i])
-            for field in piece._batched_fields:
-                value = _shared_or_rows([getattr(p.pieces[i], field) for p in programs], device)
+            columns = {
+                f: [getattr(p.pieces[i], f) for p in programs] for f in piece._batched_fields
+            }
+            values = {f: _shared_or_rows(v, device) for f, v in columns.items()}
+            if any(isinstance(v, torch.Tensor) for v in values.values()):
+                # All of the piece's numbers as tensors then: torch computes `number /
+                # tensor` as `tensor.reciprocal() * number`, which is not the division
+                # the plain piece does (OneCycle's eta_max / div_factor).
+                for f, v in columns.items():
+                    if v[0] is not None:
+                        values[f] = const(tuple(float(x) for x in v), _F64, device).view(-1, 1)
+            for field, value in values.items():
                 # A private copy: the frozen record takes the member values as a tensor.
                 object.__setattr__(piece, field, value)
             pieces[i] = piece
