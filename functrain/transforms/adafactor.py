@@ -136,6 +136,12 @@ def scale_by_factored_rms(
     Example:
         >>> tx = chain(scale_by_factored_rms(), scale_by_learning_rate(1e-2))
     """
+    parts.refuse_members(
+        "adafactor",
+        "eps[0], d and beta2_decay enter its update as Python numbers (clamp bounds and the "
+        "decay's power); only lr, eps[1] and weight_decay may be per member",
+        **{"eps[0]": eps, "d": d, "beta2_decay": beta2_decay},
+    )
     beta2_decay = parts.number("beta2_decay", beta2_decay)
     if not beta2_decay <= 0.0:
         raise ValueError(f"Invalid beta2_decay: {beta2_decay}; beta2_decay should be <= 0")

@@ -50,7 +50,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.hyperparams import Schedule, value_at
 from functrain.transforms.line_search import Number, strong_wolfe
-from functrain.transforms.optim_parts import check_state_paths
+from functrain.transforms.optim_parts import check_state_paths, refuse_members
 from functrain.transforms.validation import check_nonnegative, is_schedule
 from functrain.tree import PyTree, TreeInfo, flatten_like
 
@@ -99,6 +99,13 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+# Why L-BFGS has no stacked-members form (functrain.ensemble).
+_NO_ENSEMBLE = (
+    "its line search and stopping tests decide on the host from one loss for the whole "
+    "tree, so stacked members cannot each take their own iterations; run one lbfgs per member"
+)
+
+
 def lbfgs(
     lr: float | Schedule = 1.0,
     max_iter: int = 20,
@@ -135,6 +142,7 @@ def lbfgs(
     Example:
         >>> tx = lbfgs(lr=1.0, max_iter=20, line_search_fn="strong_wolfe")
     """
+    refuse_members("lbfgs", f"it cannot run under functrain.ensemble: {_NO_ENSEMBLE}", lr=lr)
     check_nonnegative("lr", lr, allow_schedule=True)
     max_iter = _check_int("max_iter", max_iter, 1)
     max_eval = max_iter * 5 // 4 if max_eval is None else _check_int("max_eval", max_eval, 1)
@@ -149,6 +157,8 @@ def lbfgs(
     tolerance_grad, tolerance_change = float(tolerance_grad), float(tolerance_change)
 
     def init(params: list[Tensor], info: TreeInfo) -> LbfgsState:
+        if info.members is not None:
+            raise ValueError(f"lbfgs cannot run under functrain.ensemble: {_NO_ENSEMBLE}")
         if len(info.groups) > 1:
             first, other = params[info.groups[0][0]], params[info.groups[1][0]]
             raise ValueError(

@@ -38,7 +38,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
-from functrain.transforms.members import per_member
+from functrain.transforms.members import PerMember, per_member
 from functrain.transforms.validation import check_momentum, check_nonnegative
 from functrain.tree import TreeInfo
 
@@ -172,7 +172,15 @@ def scale_by_muon(
     """
     check_momentum("momentum", momentum, allow_schedule=True)
     momentum = per_member("momentum", momentum)  # per-member values run as a schedule
-    coefficients = _check_ns(ns_coefficients, ns_steps, eps, adjust_lr_fn)
+    eps = per_member("eps", eps)
+    # A per-member eps: each member matrix's floor, read once here (a CPU tensor, no sync).
+    member_eps = eps.values.tolist() if isinstance(eps, PerMember) else None
+    coefficients = _check_ns(
+        ns_coefficients, ns_steps, eps if member_eps is None else 0.0, adjust_lr_fn
+    )
+    if member_eps is not None:
+        check_nonnegative("eps", eps, allow_members=True)
+        eps = 0.0
     eps = float(eps)
 
     def orthogonalise(x: Tensor, members: int | None) -> Tensor:
@@ -180,11 +188,17 @@ def scale_by_muon(
             return newton_schulz(x, coefficients, ns_steps, eps, ns_dtype).to(x.dtype)
         # One member matrix at a time: the same 2-d kernels as a member's own run (a batched
         # matmul rounds differently, and an ulp of bfloat16 is 4e-3 of the update).
+        floors = member_eps or [eps] * members
         return torch.stack(
-            [newton_schulz(m, coefficients, ns_steps, eps, ns_dtype) for m in x.unbind(0)]
+            [
+                newton_schulz(m, coefficients, ns_steps, e, ns_dtype)
+                for m, e in zip(x.unbind(0), floors, strict=True)
+            ]
         ).to(x.dtype)
 
     def init(params: list[Tensor], info: TreeInfo) -> MuonState:
+        if member_eps is not None:
+            parts.check_members(params, per_member("eps", member_eps))
         stacked = info.members is not None  # the member axis is not a matrix dim
         for path, p in zip(info.paths, params, strict=True):
             if p.dim() - stacked != 2:

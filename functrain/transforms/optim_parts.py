@@ -48,6 +48,7 @@ __all__ = [
     "name_of",
     "number",
     "on",
+    "refuse_members",
     "one_pass",
     "reexport_alias",
     "require_params",
@@ -143,6 +144,24 @@ def any_members(*values: Any) -> bool:
     """Whether any of ``values`` is per member (then torch's kernels, which take numbers,
     cannot run the transform: it has no fused form)."""
     return any(isinstance(v, PerMember) for v in values)
+
+
+def refuse_members(optimizer: str, reason: str, **values: Any) -> None:
+    """``ValueError`` naming ``optimizer`` and the argument when any of ``values`` (or an
+    entry of a pair such as ``betas``) is given per ensemble member (a sequence or 1-d tensor
+    of numbers), for a transform that has no per-member form (``reason`` says why)."""
+
+    def vector(value: Any) -> bool:
+        if isinstance(value, PerMember):
+            return True
+        if isinstance(value, Tensor):
+            return value.ndim == 1
+        return isinstance(value, Sequence) and not isinstance(value, str)
+
+    for name, value in values.items():
+        pair = isinstance(value, tuple | list) and any(vector(v) for v in value)
+        if vector(value) and (pair or name != "betas"):
+            raise ValueError(f"{optimizer} takes no per-member {name} ({value!r}): {reason}")
 
 
 def check_members(params: Sequence[Tensor], *values: Any) -> None:

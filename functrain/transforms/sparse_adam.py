@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from functrain.transforms.base import GradientTransformation
+from functrain.transforms.optim_parts import refuse_members
 from functrain.transforms.validation import check_betas, check_positive
 
 __all__ = ["sparse_adam"]
@@ -43,6 +44,13 @@ def sparse_adam(
         >>> sparse_adam()  # doctest: +SKIP
         ValueError: SparseAdam is not supported ...
     """
+    refuse_members(
+        "SparseAdam",
+        "functrain does not implement SparseAdam (its transforms are dense), in an ensemble or not",
+        lr=lr,
+        betas=betas,
+        eps=eps,
+    )
     if not callable(lr):
         check_positive("lr", lr)
     check_positive("eps", eps)
