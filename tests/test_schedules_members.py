@@ -450,3 +450,36 @@ def test_mmengine_configs_name_the_member():
     cfg = dict(type="StepLR", step_size=2, gamma=[0.1, 0.2], end=[3, 4, 5])
     with pytest.raises(ValueError, match=r"StepLR: `end` has 3 members but `gamma` has 2"):
         from_mmengine(cfg, base=0.1)
+
+
+def test_docstring_examples_of_the_members_module_run():
+    import doctest
+
+    from functrain.schedules import _members
+
+    result = doctest.testmod(_members, extraglobs={"torch": torch})
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_readme_example_gives_the_members_values():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Schedules\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    sweep = namespace["sweep"]
+    assert sweep.members == 3 and sweep(torch.arange(1000)).shape == (1000, 3)
+    for i, (base, warm) in enumerate([(1e-3, 100), (3e-3, 200), (1e-2, 100)]):
+        plain = warmup_cosine(base, warmup_steps=warm, total_steps=1000)
+        assert_same_bits(sweep(torch.arange(1000))[:, i], plain(torch.arange(1000)))
+
+
+def test_package_docstring_example_runs():
+    import doctest
+
+    import functrain.schedules as package
+
+    result = doctest.testmod(package)
+    assert result.attempted > 0 and result.failed == 0

@@ -24,6 +24,8 @@ from functrain.schedules._window import Window, bind
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from functrain.schedules._members import Floats, Ints
+
 __all__ = [
     "CosineAnnealing",
     "CosineRestart",
@@ -321,11 +323,11 @@ class CosineRestart(Piece):
 
 
 def cosine_annealing_lr(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
-    T_max: int | None = None,  # noqa: N803 - mmengine's name
-    eta_min: float | None = None,
-    eta_min_ratio: float | None = None,
+    T_max: Ints | None = None,  # noqa: N803 - mmengine's name
+    eta_min: Floats | None = None,
+    eta_min_ratio: Floats | None = None,
     **window: Unpack[Window],
 ) -> Schedule:
     """mmengine's CosineAnnealingLR (also CosineAnnealingMomentum with a momentum base).
@@ -350,10 +352,10 @@ def cosine_annealing_lr(
 
 
 def poly_lr(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
-    eta_min: float = 0.0,
-    power: float = 1.0,
+    eta_min: Floats = 0.0,
+    power: Floats = 1.0,
     **window: Unpack[Window],
 ) -> Schedule:
     """mmengine's PolyLR: polynomial decay reaching ``eta_min`` at step ``end - 1``.
@@ -376,12 +378,12 @@ def poly_lr(
 
 
 def cosine_restart_lr(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
     periods: Sequence[int],
     restart_weights: Sequence[float] = (1.0,),
-    eta_min: float | None = None,
-    eta_min_ratio: float | None = None,
+    eta_min: Floats | None = None,
+    eta_min_ratio: Floats | None = None,
     **window: Unpack[Window],
 ) -> Schedule:
     """mmengine's CosineRestartLR: cosine periods restarting at ``base * weight``.
@@ -408,12 +410,12 @@ def cosine_restart_lr(
 
 
 def warmup_cosine(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
-    warmup_steps: int,
-    total_steps: int,
-    start_factor: float = 1e-3,
-    eta_min: float = 0.0,
+    warmup_steps: Ints,
+    total_steps: Ints,
+    start_factor: Floats = 1e-3,
+    eta_min: Floats = 0.0,
     epoch_length: int | None = None,
 ) -> Schedule:
     """Linear warm-up for ``warmup_steps``, then cosine annealing to ``eta_min``.

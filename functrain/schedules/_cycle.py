@@ -21,6 +21,8 @@ from functrain.schedules._window import Window, bind
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from functrain.schedules._members import Floats, Ints
+
 __all__ = ["Cyclic", "Lambda", "OneCycle", "cyclic_lr", "lambda_lr", "onecycle_lr"]
 
 _POSITIVE = Arg("float", lo=0, lo_open=True)
@@ -249,14 +251,14 @@ class Lambda(Piece):
 
 
 def onecycle_lr(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
-    eta_max: float,
-    total_steps: int | None = None,
-    pct_start: float = 0.3,
+    eta_max: Floats,
+    total_steps: Ints | None = None,
+    pct_start: Floats = 0.3,
     anneal_strategy: str = "cos",
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
+    div_factor: Floats = 25.0,
+    final_div_factor: Floats = 1e4,
     three_phase: bool = False,
     **window: Unpack[Window],
 ) -> Schedule:
@@ -309,13 +311,13 @@ def onecycle_lr(
 
 
 def cyclic_lr(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
-    max_value: float,
-    step_size_up: int = 2000,
-    step_size_down: int | None = None,
+    max_value: Floats,
+    step_size_up: Ints = 2000,
+    step_size_down: Ints | None = None,
     mode: str = "triangular",
-    gamma: float = 1.0,
+    gamma: Floats = 1.0,
     **window: Unpack[Window],
 ) -> Schedule:
     """torch's CyclicLR between ``base`` and ``max_value`` (no momentum cycling).
@@ -342,7 +344,7 @@ def cyclic_lr(
 
 
 def lambda_lr(
-    base: float | None = None, *, fn: Callable[[Any], Any], **window: Unpack[Window]
+    base: Floats | None = None, *, fn: Callable[[Any], Any], **window: Unpack[Window]
 ) -> Schedule:
     """torch's LambdaLR: ``base * fn(k)`` at local step ``k``.
 

@@ -32,6 +32,8 @@ from functrain.schedules._window import Window, bind
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from functrain.schedules._members import Floats, Ints
+
 __all__ = [
     "Exponential",
     "MultiStep",
@@ -246,7 +248,7 @@ class Multiplicative(Piece):
 
 
 def step_lr(
-    base: float | None = None, *, step_size: int, gamma: float = 0.1, **window: Unpack[Window]
+    base: Floats | None = None, *, step_size: Ints, gamma: Floats = 0.1, **window: Unpack[Window]
 ) -> Schedule:
     """mmengine's StepLR: multiply by ``gamma`` every ``step_size`` steps.
 
@@ -267,10 +269,10 @@ def step_lr(
 
 
 def multistep_lr(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
     milestones: Sequence[int],
-    gamma: float = 0.1,
+    gamma: Floats = 0.1,
     **window: Unpack[Window],
 ) -> Schedule:
     """mmengine's MultiStepLR: multiply by ``gamma`` at each milestone (repeats compound).
@@ -293,7 +295,7 @@ def multistep_lr(
 
 
 def exponential_lr(
-    base: float | None = None, *, gamma: float, **window: Unpack[Window]
+    base: Floats | None = None, *, gamma: Floats, **window: Unpack[Window]
 ) -> Schedule:
     """mmengine's ExponentialLR: multiply by ``gamma`` every step.
 
@@ -313,11 +315,11 @@ def exponential_lr(
 
 
 def multiplicative_lr(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
     fn: Callable[[int], float],
-    begin: int = 0,
-    end: int,
+    begin: Ints = 0,
+    end: Ints,
     by_epoch: bool = False,
     epoch_length: int | None = None,
 ) -> Schedule:

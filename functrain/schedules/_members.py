@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Union
 
 import torch
 
-__all__ = ["count_members", "is_vector", "name_member", "vector_values"]
+__all__ = ["Floats", "Ints", "count_members", "is_vector", "name_member", "vector_values"]
+
+#: a number, or one number per member (a sequence or a 1-d tensor of length N).
+Floats = Union[float, Sequence[float], torch.Tensor]  # noqa: UP007 - used at runtime
+#: an integer, or one integer per member.
+Ints = Union[int, Sequence[int], torch.Tensor]  # noqa: UP007 - used at runtime
 
 
 def is_vector(value: Any) -> bool:

@@ -20,6 +20,8 @@ from functrain.schedules._window import Window, bind
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from functrain.schedules._members import Floats, Ints
+
 __all__ = ["Constant", "Linear", "constant_lr", "linear_lr", "linear_warmup"]
 
 _ZERO_START = (
@@ -151,7 +153,7 @@ class Linear(Piece):
 
 
 def constant_lr(
-    base: float | None = None, *, factor: float = 1.0 / 3, **window: Unpack[Window]
+    base: Floats | None = None, *, factor: Floats = 1.0 / 3, **window: Unpack[Window]
 ) -> Schedule:
     """mmengine's ConstantLR: ``base * factor`` until step ``end - 2``, then ``base``.
 
@@ -172,10 +174,10 @@ def constant_lr(
 
 
 def linear_lr(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
-    start_factor: float = 1.0 / 3,
-    end_factor: float = 1.0,
+    start_factor: Floats = 1.0 / 3,
+    end_factor: Floats = 1.0,
     **window: Unpack[Window],
 ) -> Schedule:
     """mmengine's LinearLR: the factor goes linearly from ``start_factor`` to ``end_factor``.
@@ -198,10 +200,10 @@ def linear_lr(
 
 
 def linear_warmup(
-    base: float | None = None,
+    base: Floats | None = None,
     *,
-    steps: int,
-    start_factor: float = 1e-3,
+    steps: Ints,
+    start_factor: Floats = 1e-3,
     by_epoch: bool = False,
     epoch_length: int | None = None,
 ) -> Schedule:

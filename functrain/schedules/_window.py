@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
-from functrain.schedules._members import count_members, is_vector, vector_values
+from functrain.schedules._members import Ints, count_members, is_vector, vector_values
 from functrain.schedules._piece import INF, Piece
 from functrain.schedules._schedule import Schedule
 
@@ -21,16 +21,17 @@ class Window(TypedDict, total=False):
     """The keyword arguments every builder takes besides its scheduler's own.
 
     Attributes:
-        begin: first step of the window (default 0).
-        end: the window's end, exclusive (default ``INF``: never ends).
+        begin: first step of the window (default 0); one per member, or shared.
+        end: the window's end, exclusive (default ``INF``: never ends); one per member,
+            or shared.
         by_epoch: count ``begin``, ``end`` and the scheduler's periods in epochs
             (default False).
         epoch_length: iterations per epoch, to call a by-epoch schedule with iterations
             (default None).
     """
 
-    begin: int
-    end: int
+    begin: Ints
+    end: Ints
     by_epoch: bool
     epoch_length: int | None
 
