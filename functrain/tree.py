@@ -267,7 +267,7 @@ def foreach_clone(tensors: Sequence[Tensor]) -> list[Tensor]:
 def _vmapping() -> bool:
     """``functrain.transforms.foreach.vmapping`` (this module sits below transforms): under
     ``torch.func.vmap`` foreach kernels have no batching rule, so the plain ops run per leaf."""
-    if torch._C._functorch.peek_interpreter_stack() is None:
+    if torch._C._functorch.peek_interpreter_stack() is None or torch.compiler.is_compiling():
         return False
     vmap = torch._C._functorch.TransformType.Vmap
     return any(i.key() == vmap for i in torch._C._functorch.get_interpreter_stack())

@@ -36,9 +36,11 @@ def vmapping() -> bool:
     """Whether a ``torch.func.vmap`` is on the functorch interpreter stack (at any level, also
     under a ``grad`` inside it): foreach and fused kernels have no batching rule there.
 
-    Outside any torch.func transform this is one C call returning ``None`` (~60 ns).
+    Outside any torch.func transform this is one C call returning ``None`` (~60 ns). While
+    torch.compile traces, ``False``: dynamo cannot trace the interpreter stack, and the
+    foreach ops are what inductor fuses.
     """
-    if _functorch.peek_interpreter_stack() is None:
+    if _functorch.peek_interpreter_stack() is None or torch.compiler.is_compiling():
         return False
     return any(i.key() == _functorch.TransformType.Vmap for i in _functorch.get_interpreter_stack())
 
