@@ -345,7 +345,12 @@ def all_finite(tensors: Sequence[Tensor], info: TreeInfo) -> Tensor:
 
     One ``torch._foreach_norm(·, inf)`` per group (a max of absolute values, which cannot
     overflow and propagates nan), then one reduction on the first tensor's device.
+
+    Under :func:`functrain.ensemble` (``info.members`` set): one bool per member, a 1-d
+    tensor (each member's slices are checked on their own).
     """
+    if info.members is not None:
+        return _members_finite(tensors, info.members)
     if not tensors:
         return torch.ones((), dtype=torch.bool)
     device = tensors[0].device
@@ -360,6 +365,44 @@ def all_finite(tensors: Sequence[Tensor], info: TreeInfo) -> Tensor:
     return torch.isfinite(torch.stack(norms)).all()
 
 
+def _members_finite(tensors: Sequence[Tensor], members: int) -> Tensor:
+    """:func:`all_finite` per ensemble member: ``[members]`` bools (the inf-norm of every
+    member slice, one foreach launch per group)."""
+    device = tensors[0].device if tensors else torch.device("cpu")
+    finite = torch.ones(members, dtype=torch.bool, device=device)
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in tensors:
+        if t.numel():  # an empty leaf is trivially finite (and has no inf-norm)
+            groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    for part in groups.values():
+        slices = [s for t in part for s in t.unbind(0)]
+        norms = torch.stack([n.to(device) for n in fe.norms(slices, math.inf)])
+        finite &= torch.isfinite(norms.view(len(part), members)).all(dim=0)
+    return finite
+
+
+def _member_cond(ok: Tensor, like: Tensor, cache: dict[Any, Tensor]) -> Tensor:
+    """``ok`` on ``like``'s device, shaped to broadcast against it: a 0-d ``ok`` as it is; a
+    per-member ``ok`` (``[members]``) as ``[members, 1, ...]`` for a leaf with the member axis,
+    and as ``ok.any()`` for a leaf without it (state shared by all members, such as a step
+    count, advances when any member's step goes through)."""
+    if ok.ndim == 0:
+        key: Any = (like.device, 0)
+    elif like.ndim >= 1 and like.shape[0] == ok.shape[0]:
+        key = (like.device, like.ndim)
+    else:
+        key = (like.device, "shared")
+    cond = cache.get(key)
+    if cond is None:
+        cond = ok.to(like.device, non_blocking=True)
+        if ok.ndim and key[1] == "shared":
+            cond = cond.any()
+        elif ok.ndim:
+            cond = cond.view((ok.shape[0],) + (1,) * (like.ndim - 1))
+        cache[key] = cond
+    return cond
+
+
 def select_state(ok: Tensor, new: State, old: State, what: str = "apply_if_finite") -> State:
     """``new`` where the 0-d bool ``ok`` holds, else ``old``, leaf by leaf with ``torch.where``.
 
@@ -368,6 +411,12 @@ def select_state(ok: Tensor, new: State, old: State, what: str = "apply_if_finit
     the first gradient) cannot be merged that way; then ``ok`` is read on the host (one sync,
     on that step only). Under ``torch.func.vmap`` ``ok`` has one value per member and no
     host value: that case raises a ``ValueError`` naming ``what`` (the caller).
+
+    Under :func:`functrain.ensemble` ``ok`` is 1-d, one bool per member: a state leaf with
+    the member axis is selected member by member, a leaf shared by all members (a step
+    count) takes ``new`` when any member's step goes through. A first-step structure change
+    is read on the host then too, and raises a ``ValueError`` naming ``what`` when only some
+    members' steps go through (a buffer cannot exist for some members only).
     """
     new_leaves, new_spec = optree.tree_flatten(new, namespace=NAMESPACE)
     old_leaves, old_spec = optree.tree_flatten(old, namespace=NAMESPACE)
@@ -390,16 +439,21 @@ def select_state(ok: Tensor, new: State, old: State, what: str = "apply_if_finit
                 "cannot be chosen per member without reading it on the host. Run the first "
                 "step outside vmap, or use functrain.ensemble(tx, n) for stacked members"
             )
-        return new if bool(ok) else old
-    on_device: dict[torch.device, Tensor] = {}
+        if ok.ndim and bool(ok.any()) and not bool(ok.all()):
+            raise ValueError(
+                f"{what} on stacked members: member {int(torch.nonzero(~ok)[0, 0])}'s update "
+                "is not finite on the first step of a transform whose state is created by "
+                "that step (torch-style SGD momentum creates its buffer from the first "
+                "gradient), so it cannot be skipped for that member alone; give the first "
+                "step finite gradients"
+            )
+        return new if bool(ok.all()) else old
+    conds: dict[Any, Tensor] = {}
 
     def pick(n: Any, o: Any) -> Any:
         if n is o:
             return n
-        cond = on_device.get(n.device)
-        if cond is None:
-            cond = on_device[n.device] = ok.to(n.device, non_blocking=True)
-        return torch.where(cond, n, o)
+        return torch.where(_member_cond(ok, n, conds), n, o)
 
     return optree.tree_unflatten(
         new_spec, [pick(n, o) for n, o in zip(new_leaves, old_leaves, strict=True)]
@@ -407,13 +461,12 @@ def select_state(ok: Tensor, new: State, old: State, what: str = "apply_if_finit
 
 
 def zero_where_not(ok: Tensor, updates: list[Tensor]) -> list[Tensor]:
-    """``updates`` where ``ok``, else zeros (new tensors; nan and inf become 0 too)."""
-    on_device: dict[torch.device, Tensor] = {}
+    """``updates`` where ``ok``, else zeros (new tensors; nan and inf become 0 too). A 1-d
+    ``ok`` (stacked ensemble members) selects member by member."""
+    conds: dict[Any, Tensor] = {}
     out = []
     for u in updates:
-        cond = on_device.get(u.device)
-        if cond is None:
-            cond = on_device[u.device] = ok.to(u.device, non_blocking=True)
+        cond = _member_cond(ok, u, conds)
         out.append(torch.where(cond, u, torch.zeros((), dtype=u.dtype, device=u.device)))
     return out
 
@@ -423,7 +476,8 @@ class ApplyIfFiniteState:
     """State of :func:`apply_if_finite` (optax's names).
 
     Attributes:
-        notfinite_count: consecutive non-finite updates so far (0-d int32).
+        notfinite_count: consecutive non-finite updates so far (0-d int32; one per member,
+            ``[members]``, under :func:`functrain.ensemble`, as the other two).
         last_finite: whether the last incoming update was finite (0-d bool).
         total_notfinite: non-finite updates seen in total (0-d int32).
         inner_state: the inner transform's state.
@@ -451,6 +505,11 @@ def apply_if_finite(
     survive a rejected step), so donation saves no memory inside this wrapper; the values
     are the same either way.
 
+    Under :func:`functrain.ensemble` finiteness, the skip and the counters are per member:
+    one member's non-finite update zeroes that member's update and keeps that member's
+    slices of ``inner``'s state (state shared by all members, such as a step count, advances
+    when any member's step goes through).
+
     Args:
         inner: the transform to protect.
         max_consecutive_errors: consecutive non-finite updates rejected before one is let
@@ -471,10 +530,11 @@ def apply_if_finite(
 
     def init(params: list[Tensor], info: TreeInfo) -> ApplyIfFiniteState:
         device = params[0].device if params else torch.device("cpu")
-        zero = torch.zeros((), dtype=torch.int32, device=device)
+        shape = () if info.members is None else (info.members,)  # counters per member
+        zero = torch.zeros(shape, dtype=torch.int32, device=device)
         return ApplyIfFiniteState(
             zero,
-            torch.ones((), dtype=torch.bool, device=device),
+            torch.ones(shape, dtype=torch.bool, device=device),
             zero.clone(),
             flat.init(params, info),
         )

@@ -89,6 +89,12 @@ def loss_scaling(
     differentiable through the unscale kernel; under ``torch.func`` transforms (or with
     gradients that require grad) the same computation runs with differentiable foreach ops.
 
+    Under :func:`functrain.ensemble` the scale, the growth tracker and ``found_inf`` are per
+    member (``[members]``): each member's gradients are unscaled by its own scale, and one
+    member's overflow skips that member's step and backs off its scale alone. Scale each
+    member's loss by its own scale (``scale_loss(losses, state)`` on the ``[members]``
+    losses, then sum).
+
     Args:
         inner: the optimizer, clipping included.
         init_scale: initial scale (> 0).
@@ -122,10 +128,11 @@ def loss_scaling(
 
     def init(params: list[Tensor], info: TreeInfo) -> LossScaleState:
         device = params[0].device if params else torch.device("cpu")
+        shape = () if info.members is None else (info.members,)  # one scale per member
         return LossScaleState(
-            torch.full((), init_scale, dtype=torch.float32, device=device),
-            torch.zeros((), dtype=torch.int32, device=device),
-            torch.zeros((), dtype=torch.float32, device=device),
+            torch.full(shape, init_scale, dtype=torch.float32, device=device),
+            torch.zeros(shape, dtype=torch.int32, device=device),
+            torch.zeros(shape, dtype=torch.float32, device=device),
             flat.init(params, info),
         )
 
@@ -170,8 +177,10 @@ def loss_scaling(
         inv_scale = state.scale.double().reciprocal().float()
         if not updates:
             grads, found_inf = updates, torch.zeros_like(state.found_inf)
-        elif fe.tracing_grad() or (
-            torch.is_grad_enabled() and any(u.requires_grad for u in updates)
+        elif (
+            info.members is not None  # one scale per member: no single kernel scalar
+            or fe.tracing_grad()
+            or (torch.is_grad_enabled() and any(u.requires_grad for u in updates))
         ):
             grads, found_inf = differentiable_unscale(updates, inv_scale, info)
         else:
@@ -183,9 +192,9 @@ def loss_scaling(
         new_updates, new_inner = flat.update(grads, state.inner_state, params, pure, **extra)
         scale, tracker = state.scale, state.growth_tracker
         if dynamic:
-            if fe.vmapping():
-                # torch.func.vmap has no batching rule for the kernel: the same rule in
-                # ordinary ops, one scale per member.
+            if fe.vmapping() or info.members is not None:
+                # torch.func.vmap has no batching rule for the kernel, and stacked members
+                # have one scale each: the same rule in ordinary ops, one scale per member.
                 scale, tracker = update_scale(
                     scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval
                 )

@@ -79,7 +79,13 @@ def trace(
     def init(params: list[Tensor], info: TreeInfo) -> TraceState:
         device = params[0].device if params else torch.device("cpu")
         count = torch.zeros((), dtype=torch.int64, device=device)
-        return TraceState(count, initial_value(momentum, device), None, paths=info.paths)
+        buffers = None
+        if info.members is not None and momentum != 0.0 and dampening == 0.0:
+            # Stacked members: zero buffers from the start (momentum * 0 + g is exactly torch's
+            # first-step buf = g without dampening), so the state never changes structure and
+            # apply_if_finite / loss_scaling can skip one member's first step alone.
+            buffers = tuple(torch.zeros_like(p) for p in params)
+        return TraceState(count, initial_value(momentum, device), buffers, paths=info.paths)
 
     def update(
         updates: list[Tensor],
