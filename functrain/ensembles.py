@@ -241,7 +241,11 @@ def make_ensemble_train_step(
             ``batch_per_member`` every batch leaf) must have a leading axis of N.
         batch_per_member: each member gets its own batch (slice i of the batch's leaves).
         donate: let the step reuse the input state's buffers. Results are bitwise the same.
-        autocast: run ``loss_fn`` under ``torch.autocast`` with this dtype.
+        autocast: run ``loss_fn`` under ``torch.autocast`` with this dtype. Under ``vmap``
+            autocast lowers fewer ops than in :func:`functrain.make_train_step`: torch's
+            batching rules add a linear layer's bias in float32 and convolutions stay in
+            float32 (pytorch/pytorch#192617; seen with torch 2.13 on CPU), so the outputs of
+            such layers are float32.
         fused: passed to :func:`functrain.apply_gradients`.
         grad: how the vmapped loss is differentiated, as in :func:`functrain.make_train_step`:
             ``"autograd"`` (default; ``torch.autograd.grad`` of the members' summed loss,

@@ -260,6 +260,26 @@ def test_loss_scaling_inside_the_ensemble_scales_each_members_loss():
         assert_trees_close(one.opt_state, alone.opt_state, f"member {i} opt_state")
 
 
+def test_autocast_runs_the_members_forward_in_lower_precision():
+    def make32() -> nn.Module:
+        return make_model().float()
+
+    params, buffers, model = ft.init_members(make32, SEEDS)
+    tx = ft.ensemble(ft.sgd(lr=0.0), len(SEEDS))
+    state = ft.TrainState(params=params, buffers=buffers, opt_state=tx.init(params))
+    x, y = batches(1, False)[0]
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        step = ft.make_ensemble_train_step(
+            model, loss_fn, tx, len(SEEDS), autocast=dtype, donate=False
+        )
+        losses[dtype] = step(state, (x.float(), y))[1]["loss"]
+    # The matmuls run in bfloat16 (8 mantissa bits): the losses move, by about 2**-8.
+    assert losses[torch.bfloat16].dtype == torch.float32
+    assert not torch.equal(losses[None], losses[torch.bfloat16])
+    torch.testing.assert_close(losses[torch.bfloat16], losses[None], rtol=3e-2, atol=0)
+
+
 def test_dropout_masks_differ_between_members():
     def make():
         return nn.Sequential(nn.Dropout(0.5), nn.Linear(32, 2))
