@@ -153,18 +153,13 @@ def init_members(
         return out.to(device) if device is not None else out
 
     trainable = [trainable_parameters(m) for m in models]
+    # Buffers, then frozen parameters: the split TrainState.create makes.
+    others = [
+        {**dict(m.named_buffers()), **{k: p for k, p in m.named_parameters() if k not in t}}
+        for m, t in zip(models, trainable, strict=True)
+    ]
     params = {k: stacked([t[k] for t in trainable], k) for k in trainable[0]}
-    buffers = {
-        k: stacked([dict(m.named_buffers())[k] for m in models], k)
-        for k, _ in first.named_buffers()
-    }
-    buffers.update(
-        {
-            k: stacked([dict(m.named_parameters())[k] for m in models], k)
-            for k, _ in first.named_parameters()
-            if k not in params
-        }
-    )
+    buffers = {k: stacked([o[k] for o in others], k) for k in others[0]}
     # The steps only need the module's code and structure: a meta copy holds no memory.
     module = copy.deepcopy(first).to("meta")
     return Members(params, buffers, module)
