@@ -483,3 +483,43 @@ def test_package_docstring_example_runs():
 
     result = doctest.testmod(package)
     assert result.attempted > 0 and result.failed == 0
+
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tensor_steps_never_read_a_value_to_the_host(family):
+    """No `.item()` / `float(t)` (aten._local_scalar_dense) when a step is a tensor."""
+    builder, fixed, args = FAMILIES[family]
+    examples = {
+        "base": [0.1, 0.2, 0.3],
+        "eta_max": [0.5, 1.0, 2.0],
+        "div_factor": [2.0, 4.0, 25.0],
+        "gamma": [0.9, 0.95, 0.8],
+        "eta_min": [0.0, 1e-3, 1e-2],
+        "eta_min_ratio": [0.0, 0.1, 0.2],
+        "max_value": [1.0, 2.0, 3.0],
+        "start_factor": [0.1, 0.2, 0.5],
+        "end": [5, 9, 20],
+        "T_max": [4, 7, 4],
+        "steps": [3, 5, 3],
+        "step_size": [2, 3, 2],
+        "step_size_up": [2, 3, 4],
+        "total_steps": [10, 20, 30],
+        "warmup_steps": [2, 3, 2],
+    }
+    given_args = {k: v for k, v in examples.items() if k in args}
+    schedule = builder(**fixed, **given_args)
+    assert schedule.members == 3
+    with _RecordOps() as rec:
+        schedule(torch.tensor(17))
+        schedule(torch.arange(50))
+    assert rec.ops and not any("_local_scalar_dense" in op for op in rec.ops)
