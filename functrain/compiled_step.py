@@ -93,7 +93,7 @@ def compile_train_step(step: TrainStep, compile: bool | str = True) -> TrainStep
     def build(state: TrainState, leaves: list[Any], spec: Any) -> Callable[..., Any]:
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        from functrain.transforms.compiled import _hoist_scalars
+        from functrain.transforms.compiled import _hoist_scalars, compile_program
 
         core = core_for(state, spec)
         try:
@@ -101,7 +101,7 @@ def compile_train_step(step: TrainStep, compile: bool | str = True) -> TrainStep
         except Exception as err:  # noqa: BLE001 - e.g. a data-dependent Python branch
             return graph_breaks(state, leaves, spec, err)
         _hoist_scalars(gm)
-        program = torch.compile(gm, fullgraph=True, mode=mode)
+        program = compile_program(gm, fullgraph=True, mode=mode)
         o_spec = core.out_spec[-1]  # type: ignore[attr-defined]
 
         def run(now: list[Any]) -> Any:
@@ -127,7 +127,9 @@ def compile_train_step(step: TrainStep, compile: bool | str = True) -> TrainStep
             RuntimeWarning,
             stacklevel=4,
         )
-        program = torch.compile(core, mode=mode)
+        from functrain.transforms.compiled import compile_program
+
+        program = compile_program(core, mode=mode)
 
         def run(now: list[Any]) -> Any:
             out = program(*now)

@@ -344,7 +344,7 @@ class _Program:
         tensors = [inputs[i] for i in tensor_pos]
         gm = make_fx(traced, tracing_mode="fake")(*tensors)
         _hoist_scalars(gm)
-        program = torch.compile(gm, fullgraph=True, dynamic=self.dynamic, mode=self.mode)
+        program = compile_program(gm, fullgraph=True, dynamic=self.dynamic, mode=self.mode)
         spec = out_spec[-1]
 
         def call(now: list[Any]) -> Any:
@@ -352,6 +352,35 @@ class _Program:
             return optree.tree_unflatten(spec, list(leaves))
 
         return call
+
+
+def compile_program(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+    """``torch.compile(fn, **kwargs)``, working around an inductor bug on CPUs without a
+    vector instruction set it can use (``ATEN_CPU_CAPABILITY=default``, or an old CPU).
+
+    There torch 2.13's inductor still emits a vectorised reduction whose accumulator it never
+    declares (``'tmp_acc0_vec' was not declared``), so the C++ fails to build; scalar code
+    (``cpp.simdlen = 1``) builds and computes the same thing. Compilation happens at a
+    program's first call (and at any recompile), so every call runs under that setting then;
+    elsewhere the program is returned as torch.compile made it.
+    """
+    program = torch.compile(fn, **kwargs)
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        vector_isa = bool(pick_vec_isa())
+    except Exception:  # noqa: BLE001 - an inductor without this helper: nothing to work around
+        vector_isa = True
+    if vector_isa:
+        return program
+
+    def scalar_codegen(*args: Any) -> Any:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch({"cpp.simdlen": 1}):
+            return program(*args)
+
+    return scalar_codegen
 
 
 # --------------------------------------------------------------------------- compiled()
