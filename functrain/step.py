@@ -13,7 +13,8 @@ The step contract (what the loops call, and what a hand-written step must do):
   evaluator's ``process`` expects (a dict of tensors for :class:`functrain.loops.MeanMetrics`).
 
 Both builders take a function of ``(forward, batch)``, where ``forward(*args, **kwargs)`` runs
-the module with the state's tensors through ``torch.func.functional_call``::
+the module with the state's tensors (what ``torch.func.functional_call`` does, through
+:class:`functrain.module_call.ModuleCall`, which resolves the names once)::
 
     def loss_fn(forward, batch):
         x, y = batch
@@ -30,8 +31,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad_and_value
+from torch.func import grad_and_value
 
+from functrain.module_call import ModuleCall
 from functrain.state import TrainState
 from functrain.transforms.base import GradientTransformation
 from functrain.transforms.fused_step import apply_gradients
@@ -86,7 +88,7 @@ def make_train_step(
     donate: bool = True,
     autocast: torch.dtype | None = None,
     fused: bool | None = None,
-    grad: str = "func",
+    grad: str = "auto",
     distributed: bool | None = None,
     bucket_cap_mb: float | None = None,
     process_group: Any = None,
@@ -116,8 +118,16 @@ def make_train_step(
         fused: passed to :func:`functrain.apply_gradients`.
         grad: ``"func"`` differentiates with ``torch.func.grad_and_value`` (composable with
             other ``torch.func`` transforms); ``"autograd"`` with ``torch.autograd.grad`` on
-            detached leaves, the same gradients without functorch's per-call wrapping, which
-            is measurable for small models (see ``benchmarks/loop.py``).
+            detached leaves, the same gradients without functorch's per-call wrapping
+            (about 0.3 ms per step, a fifth of a small MLP's step on a CPU core, see
+            ``benchmarks/loop.py``; and no ``torch._dynamo`` import, which ``torch.func.grad``
+            pays on its first call, about 1.5 s). ``"auto"`` (default) takes ``"autograd"``
+            unless the step must be seen by an outer transform: when it is called inside a
+            ``torch.func`` transform (``vmap``, ``grad``, ...) or while autograd records and
+            a parameter requires grad (differentiating through the step); there it takes
+            ``"func"``. Both give bitwise the same gradients, losses and BatchNorm statistics
+            (the same kernels in the same order; ``tests/test_loop_step.py`` checks every
+            example config).
         distributed: data parallelism with DDP's semantics (see
             :mod:`functrain.distributed.data_parallel`). ``None`` (default): on when a
             ``torch.distributed`` default process group of more than one rank is initialized
@@ -131,7 +141,7 @@ def make_train_step(
             either, an ``accumulate`` in ``tx`` sees averaged gradients on every micro-batch:
             the same result, with an all-reduce per micro-batch. ``metrics["loss"]`` is this
             rank's loss (no extra collective).
-        bucket_cap_mb: with ``distributed`` on and ``grad="autograd"``, overlap the
+        bucket_cap_mb: with ``distributed`` on and ``grad="autograd"`` (or ``"auto"``), overlap the
             all-reduce with backward: gradients go into buckets of at most this many MiB
             that are all-reduced asynchronously as soon as they are full (DDP's default is
             25). ``None``: one all-reduce per ``(device, dtype)`` after backward.
@@ -152,8 +162,8 @@ def make_train_step(
         >>> state, metrics = step(state, (x, y))  # doctest: +SKIP
     """
 
-    if grad not in ("func", "autograd"):
-        raise ValueError(f"grad must be 'func' or 'autograd', got {grad!r}")
+    if grad not in ("auto", "func", "autograd"):
+        raise ValueError(f"grad must be 'auto', 'func' or 'autograd', got {grad!r}")
     if compile and fused is None:
         # Inductor fuses the foreach update into the backward's loops; torch's fused kernels
         # (tensor lr) have no fake implementation to trace.
@@ -168,7 +178,11 @@ def make_train_step(
         buckets = GradientBuckets(bucket_cap_mb, process_group)
         gradients = _autograd_gradients(loss, buckets)
     else:
-        gradients = _func_gradients(loss) if grad == "func" else _autograd_gradients(loss)
+        gradients = {
+            "func": _func_gradients,
+            "autograd": _autograd_gradients,
+            "auto": _auto_gradients,
+        }[grad](loss)
         if average is not None:
             gradients = _averaged(gradients, average)
     loss_scale = _loss_scale_reader()
@@ -212,10 +226,11 @@ Gradients = Callable[[dict[str, Tensor], StepInputs], tuple[Grads, LossAndAux]]
 def _loss_of(model: torch.nn.Module, loss_fn: LossFn, autocast: torch.dtype | None) -> ScaledLoss:
     """``loss_fn`` on the module run with the given tensors; the loss times ``scale`` (the
     loss_scaling transform's, else the loss itself) is what gets differentiated."""
+    call = ModuleCall(model)
 
     def loss(params: dict[str, Tensor], inputs: StepInputs) -> tuple[Tensor, LossAndAux]:
         def forward(*args: Any, **kwargs: Any) -> Any:
-            return functional_call(model, (params, inputs.buffers), args, kwargs)
+            return call(params, inputs.buffers, args, kwargs)
 
         with _autocast(autocast, inputs.device_type):
             value, aux = _split_loss(loss_fn(forward, inputs.batch))
@@ -250,7 +265,10 @@ def _autograd_gradients(loss: ScaledLoss, buckets: GradientBuckets | None = None
             scaled, out = loss(leaves, inputs)
             if buckets is not None:
                 buckets.attach(list(leaves.values()))
-            grads = torch.autograd.grad(scaled, list(leaves.values()), allow_unused=True)
+            if scaled.requires_grad:
+                grads = torch.autograd.grad(scaled, list(leaves.values()), allow_unused=True)
+            else:  # the loss uses no parameter (torch.func.grad gives zeros there too)
+                grads = (None,) * len(leaves)
         if buckets is not None:
             return dict(zip(leaves, buckets.finish(grads), strict=True)), out
         # A parameter the loss does not use gets a zero gradient (torch.func's convention).
@@ -259,6 +277,21 @@ def _autograd_gradients(loss: ScaledLoss, buckets: GradientBuckets | None = None
             for k, g in zip(leaves, grads, strict=True)
         }
         return filled, out
+
+    return gradients
+
+
+def _auto_gradients(loss: ScaledLoss) -> Gradients:
+    """``grad="auto"``: autograd's gradients, or torch.func's where an outer transform must see
+    the step (inside a ``torch.func`` transform, or a parameter that autograd tracks)."""
+    func, autograd = _func_gradients(loss), _autograd_gradients(loss)
+
+    def gradients(params: dict[str, Tensor], inputs: StepInputs) -> tuple[Grads, LossAndAux]:
+        if torch._C._functorch.peek_interpreter_stack() is not None or (
+            torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
+        ):
+            return func(params, inputs)
+        return autograd(params, inputs)
 
     return gradients
 
@@ -316,11 +349,11 @@ def _data_parallel_averaging(
                 "parallel training; it needs distributed=True (or an initialized process group "
                 "of several ranks with distributed=None)"
             )
-        if grad != "autograd":
+        if grad == "func":
             raise ValueError(
                 "make_train_step(bucket_cap_mb=...) overlaps the all-reduce with backward "
-                "through autograd hooks; it needs grad='autograd' (torch.func.grad has no "
-                "hooks), or pass bucket_cap_mb=None"
+                "through autograd hooks; it needs grad='autograd' or 'auto' (torch.func.grad "
+                "has no hooks), or pass bucket_cap_mb=None"
             )
         if syncs_gradients(tx):
             raise ValueError(
@@ -359,12 +392,14 @@ def make_eval_step(
         >>> eval_step = make_eval_step(model, metrics_fn)  # doctest: +SKIP
     """
 
+    call = ModuleCall(model)
+
     def eval_step(state: TrainState, batch: Any) -> Any:
         if model.training:
             model.eval()
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            return functional_call(model, (state.params, state.buffers), args, kwargs)
+            return call(state.params, state.buffers, args, kwargs)
 
         with torch.no_grad(), _autocast(autocast, _device_type(state)):
             return fn(forward, batch)

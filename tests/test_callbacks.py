@@ -278,3 +278,40 @@ def test_inherited_noops_are_not_dispatched_but_overrides_are():
     cbs = CallbackList([OnlyIter()])
     assert [f.__name__ for f in cbs.handlers("after_train_iter")] == ["after_train_iter"]
     assert cbs.handlers("before_train_iter") == []
+
+
+def test_deferred_history_values_are_computed_only_when_read(tmp_path):
+    """FirstGroupScalars records fn(iteration) deferred: the logger's reads (every 2
+    iterations here) compute it, the other iterations never do, and what is read equals
+    fn(iteration) of the iteration it was recorded at."""
+    import json
+
+    from functrain.callbacks.history import ScalarHistory
+    from functrain.config.hooks import FirstGroupScalars
+
+    calls: list[int] = []
+
+    def lr(i: int) -> float:
+        calls.append(i)
+        return 0.5**i
+
+    runner = make_runner(
+        tmp_path,
+        EpochBasedTrainLoop([0, 1, 2, 3, 4], max_epochs=2),
+        callbacks=[FirstGroupScalars({"lr": lr})],
+        default_callbacks={"logger": Logger(interval=2), "checkpoint": None},
+    )
+    runner.train()
+    assert calls == [1, 3, 6, 8]  # batch_idx 1 and 3 of each epoch (ignore_last)
+    (path,) = tmp_path.glob("*/scalars.json")
+    logged = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["lr"] for r in logged] == [0.5**1, 0.5**3, 0.5**6, 0.5**8]
+    assert runner.history.values("train/lr") == [0.5**i for i in range(10)]
+    assert calls[4:] == [0, 2, 4, 5, 7, 9]  # the rest, computed once each when asked for
+
+    history = ScalarHistory(max_length=3)
+    for i in range(5):
+        history.defer("x", lambda i: torch.tensor(float(i)), i)
+    assert history.values("x", window=1) == [torch.tensor(4.0)]
+    assert history.mean("x") == torch.tensor(3.0)
+    assert "x" in history and history.current("x") == torch.tensor(4.0)

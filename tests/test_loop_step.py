@@ -188,3 +188,113 @@ def test_train_state_is_frozen_and_maps_tensors():
         fresh[0].weight.zero_()
     doubled.load_into(fresh)
     assert torch.equal(fresh[0].weight, doubled.params["0.weight"])
+
+
+def digits_batches(n: int):
+    g = torch.Generator().manual_seed(2)
+    return [
+        (torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        # the fused AdamW kernel with a folded clip, SGD with momentum, L2 decay and
+        # maximize, and a scheduled beta1 (foreach Adam)
+        lambda: ft.chain(ft.clip(0.05), ft.adamw(lr=0.01, weight_decay=0.05)),
+        lambda: ft.sgd(lr=0.05, momentum=0.9, weight_decay=1e-3, maximize=True),
+        lambda: ft.adam(lr=0.01, betas=(lambda t: 0.9 - 0.01 * t, 0.99)),
+    ],
+)
+def test_grad_modes_are_bitwise_the_same(chain):
+    """grad='auto' (autograd here), 'autograd' and 'func' give bitwise the same params,
+    BatchNorm statistics, losses and extra metrics: the same backward kernels run in the same
+    order, only functorch's wrapping differs."""
+    from functrain.zoo import DigitsNet
+
+    under_func = []  # whether each loss ran inside torch.func's grad transform
+
+    def digits_loss(forward, batch):
+        under_func.append(torch._C._functorch.peek_interpreter_stack() is not None)
+        x, y = batch
+        logits = forward(x)
+        return torch.nn.functional.cross_entropy(logits, y), {"max": logits.max()}
+
+    runs = {}
+    for grad in ("func", "autograd", "auto"):
+        torch.manual_seed(0)
+        model = DigitsNet()
+        tx = chain()
+        step = make_train_step(model, digits_loss, tx, grad=grad)
+        state = TrainState.create(model, tx)
+        metrics = []
+        for b in digits_batches(4):
+            state, m = step(state, b)
+            metrics.append(torch.stack([m["loss"], m["max"]]))
+        runs[grad] = (ft.flatten(state)[0], torch.stack(metrics))
+        assert under_func == [grad == "func"] * 4, grad  # auto took autograd's path
+        under_func.clear()
+    for grad in ("autograd", "auto"):
+        for a, b in zip(runs["func"][0], runs[grad][0], strict=True):
+            assert torch.equal(a, b), grad
+        assert torch.equal(runs["func"][1], runs[grad][1]), grad
+
+
+def test_auto_grad_lets_torch_func_differentiate_through_the_step():
+    """Inside torch.func.grad (meta-learning through an update) 'auto' takes torch.func's
+    path, so the outer gradient equals grad='func''s; detached autograd leaves would cut it."""
+    x, y = batches(1)[0]
+    results = {}
+    for grad in ("func", "auto"):
+        model = make_model()
+        tx = ft.sgd(lr=0.1)
+        step = make_train_step(model, loss_fn, tx, grad=grad, donate=False)
+        state = TrainState.create(model, tx)
+
+        def after_one_step(params, state=state, step=step):
+            new, _ = step(state.replace(params=params), (x, y))
+            return (new.params["3.weight"] ** 2).sum()
+
+        results[grad] = torch.func.grad(after_one_step)(dict(state.params))
+    for k in results["func"]:
+        torch.testing.assert_close(results["auto"][k], results["func"][k], rtol=0, atol=0)
+    # the second-order term is there: the outer gradient of 0.weight is not zero
+    assert results["auto"]["0.weight"].abs().sum() > 0
+
+
+def test_auto_grad_lets_autograd_differentiate_through_the_step():
+    """Params that require grad under grad mode: 'auto' takes torch.func's path (which
+    autograd can see through), as 'func' does."""
+    x, y = batches(1)[0]
+    outer = {}
+    for grad in ("func", "auto"):
+        model = make_model()
+        tx = ft.sgd(lr=0.1)
+        step = make_train_step(model, loss_fn, tx, grad=grad, donate=False)
+        state = TrainState.create(model, tx)
+        params = {k: v.clone().requires_grad_(True) for k, v in state.params.items()}
+        new, _ = step(state.replace(params=params), (x, y))
+        (g,) = torch.autograd.grad((new.params["3.weight"] ** 2).sum(), [params["0.weight"]])
+        outer[grad] = g
+    torch.testing.assert_close(outer["auto"], outer["func"], rtol=0, atol=0)
+    assert outer["auto"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("grad", ["func", "autograd", "auto"])
+def test_a_loss_that_uses_no_parameter_gives_zero_gradients(grad):
+    model = make_model()
+    tx = ft.sgd(lr=0.1)
+    step = make_train_step(model, lambda fwd, b: (b[0] ** 2).mean(), tx, grad=grad)
+    state = TrainState.create(model, tx)
+    before = {k: v.clone() for k, v in state.params.items()}
+    state, metrics = step(state, batches(1)[0])
+    for k, v in before.items():
+        assert torch.equal(state.params[k], v), k
+    assert metrics["loss"] > 0
+
+
+def test_unknown_grad_mode_is_a_clear_error():
+    with pytest.raises(ValueError, match="grad must be 'auto', 'func' or 'autograd', got 'jax'"):
+        make_train_step(make_model(), loss_fn, ft.sgd(lr=0.1), grad="jax")

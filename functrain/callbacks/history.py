@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,12 +24,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class _Deferred:
+    """A value recorded as ``fn(arg)``, computed when first read (see
+    :meth:`ScalarHistory.defer`)."""
+
+    __slots__ = ("arg", "fn")
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn = fn
+        self.arg = arg
+
+
+def _resolve(buf: deque[Any], start: int = 0) -> None:
+    """Replace the deferred values of ``buf`` from index ``start`` on by their values."""
+    for i in range(max(start, 0), len(buf)):
+        item = buf[i]
+        if isinstance(item, _Deferred):
+            buf[i] = _plain(item.fn(item.arg))
+
+
 class ScalarHistory:
     """Recent values of named scalars (mmengine's message hub ``HistoryBuffer``s).
 
     Values may be Python numbers or 0-d tensors left on the device: reading them (``mean``,
     ``current``) is deferred until someone asks, and :meth:`read` turns many of them into
-    floats with a single host transfer. DTensors (a sharded optimizer state's learning rate
+    floats with a single host transfer; a value recorded with :meth:`defer` is not even
+    computed until then. DTensors (a sharded optimizer state's learning rate
     or gradient norm) are kept as plain local tensors.
     """
 
@@ -43,6 +64,23 @@ class ScalarHistory:
             buf = self._data[key] = deque(maxlen=self.max_length)
         buf.append(_plain(value))
 
+    def defer(self, key: str, fn: Callable[[Any], Any], arg: Any) -> None:
+        """Record ``fn(arg)`` under ``key`` without computing it now: it is computed when a
+        reader first asks for it (``values``, ``current``, ``mean``), which for a value only
+        logged every ``interval`` iterations saves the computation on all the others.
+        ``fn`` must be a pure function of ``arg`` (a schedule of the iteration, say).
+
+        Example:
+            >>> h = ScalarHistory()
+            >>> h.defer("train/lr", lambda i: 0.1 * 0.5**i, 3)
+            >>> h.current("train/lr")
+            0.0125
+        """
+        buf = self._data.get(key)
+        if buf is None:
+            buf = self._data[key] = deque(maxlen=self.max_length)
+        buf.append(_Deferred(fn, arg))
+
     def keys(self) -> list[str]:
         return list(self._data)
 
@@ -54,12 +92,17 @@ class ScalarHistory:
             del self._data[key]
 
     def values(self, key: str, window: int | None = None) -> list[Any]:
-        buf = self._data.get(key, ())
+        buf = self._data.get(key)
+        if buf is None:
+            return []
+        _resolve(buf, len(buf) - window if window is not None and window > 0 else 0)
         items = list(buf)
         return items if window is None else items[-window:]
 
     def current(self, key: str) -> Any:
-        return self._data[key][-1]
+        buf = self._data[key]
+        _resolve(buf, len(buf) - 1)
+        return buf[-1]
 
     def mean(self, key: str, window: int | None = None) -> Any:
         """Mean of the last ``window`` values (all kept values when ``None``); a tensor when

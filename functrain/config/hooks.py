@@ -97,6 +97,11 @@ class NumClassCheck(Hook):
         self._check(runner, runner.val_dataloader)
 
 
+def _float_at(fn_and_iteration: tuple[Callable[[int], Any], int]) -> float:
+    fn, iteration = fn_and_iteration
+    return float(fn(iteration))
+
+
 class FirstGroupScalars(Callback):
     """Log ``lr`` / ``momentum`` as mmengine does: its ``RuntimeInfoHook`` records, before
     each iteration, the value of the optimizer's *first parameter group*, and its schedulers
@@ -123,8 +128,10 @@ class FirstGroupScalars(Callback):
         self.values = dict(values)
 
     def after_train_iter(self, runner, state, batch_idx, data_batch=None, outputs=None):
+        # Deferred: computed (as float(fn(iteration))) only for the iterations a reader asks
+        # for, the logger's every `interval`, instead of a schedule evaluation per iteration.
         for name, fn in self.values.items():
-            runner.history.update(f"train/{name}", float(fn(runner.iter)))
+            runner.history.defer(f"train/{name}", _float_at, (fn, runner.iter))
 
 
 def ema_hook(
