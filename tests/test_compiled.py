@@ -200,3 +200,32 @@ def test_cuda_captured_step_does_not_sync() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(metrics["loss"]).item()
+
+
+def test_under_vmap_runs_eagerly_without_warning_and_compiles_afterwards() -> None:
+    # vmap's batched tensors cannot be recorded by make_fx: the call under vmap runs the
+    # chain eagerly over the packed buffers (no warning, no fallback for later calls).
+    n = 3
+    stacked = {k: torch.stack([v + i for i in range(n)]) for k, v in _params().items()}
+    grads = {k: torch.stack([v * (i + 1) for i in range(n)]) for k, v in _grads(0).items()}
+    eager, fast = ft.adamw(lr=1e-2), ft.compiled(ft.adamw(lr=1e-2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = torch.func.vmap(fast.init)(stacked)
+        batched, _ = torch.func.vmap(lambda p, g, s: ft.apply_gradients(fast, p, g, s))(
+            stacked, grads, state
+        )
+    assert ft.compile_stats(fast) == {"compiles": 0, "seconds": 0.0, "eager": False}
+    for i in range(n):
+        p_i = {k: v[i] for k, v in stacked.items()}
+        want, _ = ft.apply_gradients(
+            eager, p_i, {k: v[i] for k, v in grads.items()}, eager.init(p_i)
+        )
+        _assert_close({k: v[i] for k, v in batched.items()}, want)
+    # Outside vmap the same transform compiles as usual.
+    params = _params()
+    got, _ = ft.apply_gradients(fast, params, _grads(0), fast.init(params))
+    want, _ = ft.apply_gradients(eager, _params(), _grads(0), eager.init(_params()))
+    stats = ft.compile_stats(fast)
+    assert stats["compiles"] == 1 and not stats["eager"]
+    _assert_close(got, want)

@@ -61,6 +61,7 @@ import attrs
 import optree
 import torch
 from torch import Tensor
+from torch._C import _functorch
 
 from functrain.transforms.base import (
     FlatTransform,
@@ -301,7 +302,10 @@ class _Program:
 
     def __call__(self, donate: bool, apply: bool, inputs: list[Any]) -> Any:
         """``run(donate, apply, *inputs)``: flat inputs -> (flat outputs, out_spec)."""
-        if self.eager:
+        if self.eager or _functorch.peek_interpreter_stack() is not None:
+            # Inside a torch.func transform (vmap, grad, ...) the inputs are wrapped tensors
+            # that make_fx cannot record: that call runs eagerly, without a warning, and the
+            # program still compiles on the next call outside the transform.
             return self.run(donate, apply, inputs)
         key = (donate, apply, _signature(inputs))
         fn = self.compiled.get(key)
