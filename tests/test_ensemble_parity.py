@@ -500,3 +500,43 @@ def test_lbfgs_and_sparse_adam_refuse_by_name() -> None:
         ft.sparse_adam(betas=(0.9, [0.99, 0.9, 0.999]))
     with pytest.raises(ValueError, match=r"adafactor takes no per-member eps\[0\]"):
         ft.adafactor(eps=([1e-30, 1e-29, 1e-28], 1e-3))
+
+
+# ------------------------------------------------------------- the vmap path (issue 13 item 3)
+
+
+def vmap_cases() -> dict[str, Callable[[], ft.GradientTransformation]]:
+    from tests import test_vmap
+
+    return {**test_vmap.OPTIMIZERS, **test_vmap.COMBINATORS}
+
+
+@pytest.mark.parametrize("name", sorted(vmap_cases()))
+def test_vmap_path_equals_the_stacked_path(name: str) -> None:
+    # torch.func.vmap over the members of the unbatched transform (shared hyperparameters)
+    # vs ensemble(tx, N) on the stacked tree, on test_vmap's leaves (0-d to 4-d per member)
+    # and gradients (member 1 overflows at step 2 for the skipping wrappers). Both run
+    # update + apply_updates; under vmap each foreach op runs leaf by leaf (and Muon's
+    # Newton-Schulz batched), so the bound is the 1e-6 of the leaf's scale.
+    from tests import test_vmap
+
+    make_tx = vmap_cases()[name]
+    overflow = name in ("loss_scaling", "apply_if_finite")
+    gen = torch.Generator().manual_seed(0)
+    params = test_vmap.stacked_tree(N, generator=gen)
+    grads = test_vmap.grads_sequence(N, 4, overflow=overflow)
+    vmapped, _ = test_vmap.run_vmapped(make_tx(), params, grads)
+    tx = ft.ensemble(make_tx(), N)
+    state = tx.init(params)
+    out = params
+    for g in grads:
+        updates, state = tx.update(g, state, out)
+        out = ft.apply_updates(out, updates)
+    # Member 1's skipped step: under vmap its AdamW step count stays behind, in the ensemble
+    # the shared count advances with the other members (see apply_if_finite's docstring), so
+    # its later bias corrections differ by design; the other members must agree.
+    compared = [0, 2] if overflow else list(range(N))
+    for k in out:
+        scale = max(float(out[k].abs().max()), float(params[k].abs().max()), 1e-30)
+        err = float((out[k][compared] - vmapped[k][compared]).abs().max()) / scale
+        assert err <= RTOL, (name, k, err)
