@@ -215,8 +215,20 @@ def test_shared_hyperparameters_take_the_fused_kernel() -> None:
     plain, _ = run_stacked(tx, 5, fused=False)
     for k in fused:  # torch's fused kernel vs the foreach chain: an ulp per step apart
         assert rel_err(fused[k], plain[k]) <= 1e-6
+    # Adam's and SGD's kernels run once per member with that member's learning rate.
+    for make in (lambda lr: ft.adamw(lr, weight_decay=0.1), lambda lr: ft.sgd(lr, momentum=0.9)):
+        tx = ft.ensemble(ft.chain(ft.clip(1.0), make(LRS)), N)
+        fused, _ = run_stacked(tx, 5, fused=True)
+        plain, _ = run_stacked(tx, 5, fused=False)
+        for k in fused:
+            assert rel_err(fused[k], plain[k]) <= 1e-6
+        for i in range(N):  # the same kernel as member i's own fused run, clipped alike
+            alone = run_alone(lambda i: ft.chain(ft.clip(1.0), make(LRS[i])), i, 5)
+            for k in alone:
+                assert rel_err(fused[k][i], alone[k]) <= 1e-6
+    # A kernel without a per-member form says so when it is required.
     with pytest.raises(ValueError, match="per-member learning rate"):
-        run_stacked(ft.ensemble(ft.adamw(LRS), N), 1, fused=True)
+        run_stacked(ft.ensemble(ft.adamax(LRS), N), 1, fused=True)
 
 
 def test_update_path_equals_apply_gradients() -> None:

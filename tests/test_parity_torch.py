@@ -318,3 +318,33 @@ def test_clip_by_value_is_clip_grad_value_():
         optree.tree_unflatten(optree.tree_structure(grads), [p.grad for p in leaves]),
         "clip_by_value",
     )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ft.chain(ft.clip(1.0), ft.adamw(1e-2, weight_decay=0.1)),
+        lambda: ft.sgd(0.1, momentum=0.9, weight_decay=1e-4),
+        lambda: ft.adagrad(0.1),
+    ],
+    ids=["adamw", "sgd", "adagrad"],
+)
+def test_fused_step_reads_gradients_laid_out_unlike_their_parameters(make) -> None:
+    # torch's fused kernels walk a gradient's memory in its parameter's order; torch.func
+    # and vmap can return a transposed gradient, which apply_gradients must lay out first.
+    g = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(16, 8, generator=g), "b": torch.randn(8, generator=g)}
+    grads = [
+        {"w": torch.randn(8, 16, generator=g).t(), "b": torch.randn(8, generator=g)}
+        for _ in range(3)
+    ]
+    assert not grads[0]["w"].is_contiguous()
+    out = {}
+    for fused in (True, False):
+        tx = make()
+        p, s = {k: v.clone() for k, v in params.items()}, tx.init(params)
+        for grad in grads:
+            p, s = ft.apply_gradients(tx, p, grad, s, fused=fused)
+        out[fused] = p
+    for k in params:  # the kernel vs the foreach chain: an ulp per step
+        assert torch.allclose(out[True][k], out[False][k], rtol=1e-6, atol=1e-7), k

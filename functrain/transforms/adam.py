@@ -19,7 +19,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
-from functrain.transforms.kernel_specs import Kernel, group_value
+from functrain.transforms.kernel_specs import Kernel, for_members, group_value
 from functrain.transforms.members import PerMember, per_member
 from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.scaling import add_decayed_weights
@@ -190,23 +190,35 @@ def scale_by_adam(
         ) -> list[Tensor]:
             device = p[0].device
             step = count.to(device)
-            kernel(
-                p,
-                g,
-                m,
-                v,
-                vmax[0] if amsgrad else [],
-                [step] * len(p),
-                lr=group_value(lr, index, device),
-                beta1=b1,
-                beta2=b2,
-                weight_decay=group_value(weight_decay, index, None),
-                eps=eps,
-                amsgrad=amsgrad,
-                maximize=maximize,
-                grad_scale=None if grad_scale is None else group_value(grad_scale, 0, p[0].device),
-                found_inf=None,
-            )
+
+            def call(
+                p: list[Tensor],
+                g: list[Tensor],
+                m: list[Tensor],
+                v: list[Tensor],
+                vmax: list[Tensor],
+                lr: float | Tensor,
+            ) -> None:
+                kernel(
+                    p,
+                    g,
+                    m,
+                    v,
+                    vmax,
+                    [step] * len(p),
+                    lr=lr,
+                    beta1=b1,
+                    beta2=b2,
+                    weight_decay=group_value(weight_decay, index, None),
+                    eps=eps,
+                    amsgrad=amsgrad,
+                    maximize=maximize,
+                    grad_scale=None if grad_scale is None else group_value(grad_scale, 0, device),
+                    found_inf=None,
+                )
+
+            lr_g = group_value(lr, index, device)
+            for_members(call, lr_g, p, g, m, v, vmax[0] if amsgrad else [])
             return p
 
         lists = (params, grads, mu, nu) + ((nu_max,) if amsgrad else ())
@@ -222,7 +234,7 @@ def scale_by_adam(
     fusion = (
         None
         if is_schedule(b1) or vectors or mu_dtype is not None
-        else Kernel(fused, maximize=maximize)
+        else Kernel(fused, maximize=maximize, per_member_lr=True)
     )
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
 

@@ -165,6 +165,11 @@ def _fusable(params: list[Tensor], grads: list[Tensor], info: TreeInfo) -> str |
     return None
 
 
+def _in_layout_of(param: Tensor, grad: Tensor) -> Tensor:
+    """``grad`` copied into a tensor with ``param``'s strides."""
+    return torch.empty_like(param, dtype=grad.dtype).copy_(grad)
+
+
 def _run_fused(
     plan: FusionPlan,
     params: list[Tensor],
@@ -174,14 +179,25 @@ def _run_fused(
     extra: dict[str, Any],
 ) -> tuple[list[Tensor], Any] | None:
     """The fused step, or ``None`` (nothing computed) when per-member values rule it out."""
+    # torch's fused kernels walk a gradient's memory in its parameter's order: a gradient
+    # laid out otherwise (a transposed one from torch.func or vmap) would be read wrongly,
+    # so it is copied into the parameter's layout first (autograd's .grad already is).
+    grads = [
+        g if g.stride() == p.stride() else _in_layout_of(p, g)
+        for p, g in zip(params, grads, strict=True)
+    ]
     # The scalings after the kernel first (they only read their own states): per-member
     # values (an ensemble's 1-d learning rates) have no fused form, and nothing has run yet.
     product: Any = 1.0
     for path, member in plan.scalars:
         value, s = member.fusion.compute(_get(state, path), info)
-        if info.members is not None and any(
-            isinstance(v, Tensor) and v.ndim > 0
-            for v in (value if isinstance(value, list) else [value])
+        if (
+            info.members is not None
+            and not plan.kernel[1].fusion.per_member_lr
+            and any(
+                isinstance(v, Tensor) and v.ndim > 0
+                for v in (value if isinstance(value, list) else [value])
+            )
         ):
             return None
         state = _set(state, path, s)

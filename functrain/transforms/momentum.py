@@ -18,7 +18,7 @@ from functrain.transforms.base import (
     static_field,
 )
 from functrain.transforms.hyperparams import Schedule, in_force, initial_value, value_at
-from functrain.transforms.kernel_specs import Kernel, group_value
+from functrain.transforms.kernel_specs import Kernel, for_members, group_value
 from functrain.transforms.members import per_member
 from functrain.transforms.optim_parts import check_state_paths
 from functrain.transforms.validation import check_momentum, is_schedule
@@ -150,20 +150,25 @@ def trace(
                 buf = foreach_clone(buf)
 
         def group(index: int, p: list[Tensor], g: list[Tensor], *b: list[Tensor]) -> list[Tensor]:
-            torch._fused_sgd_(
-                p,
-                g,
-                b[0] if b else [],
-                weight_decay=group_value(weight_decay, index, None),
-                momentum=momentum,
-                lr=group_value(lr, index, p[0].device),
-                dampening=dampening,
-                nesterov=nesterov,
-                maximize=False,
-                is_first_step=first,
-                grad_scale=None if grad_scale is None else group_value(grad_scale, 0, p[0].device),
-                found_inf=None,
-            )
+            device = p[0].device
+
+            def call(p: list[Tensor], g: list[Tensor], b: list[Tensor], lr: float | Tensor) -> None:
+                torch._fused_sgd_(
+                    p,
+                    g,
+                    b,
+                    weight_decay=group_value(weight_decay, index, None),
+                    momentum=momentum,
+                    lr=lr,
+                    dampening=dampening,
+                    nesterov=nesterov,
+                    maximize=False,
+                    is_first_step=first,
+                    grad_scale=None if grad_scale is None else group_value(grad_scale, 0, device),
+                    found_inf=None,
+                )
+
+            for_members(call, group_value(lr, index, device), p, g, b[0] if b else [])
             return p
 
         info.foreach(group, params, grads, *((buf,) if buf else ()), with_group=True)
@@ -173,5 +178,5 @@ def trace(
 
     name = f"trace(momentum={momentum!r}, dampening={dampening:g}, nesterov={nesterov})"
     # torch's kernel takes momentum as a number: a scheduled momentum has no fused form.
-    fusion = None if scheduled else Kernel(fused, decoupled_decay=False)
+    fusion = None if scheduled else Kernel(fused, decoupled_decay=False, per_member_lr=True)
     return from_flat(FlatTransform(init, update, name=name, fusion=fusion))
