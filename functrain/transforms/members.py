@@ -20,6 +20,26 @@ Member ``i`` of an ensemble equals an independent run of ``tx`` (built with memb
 hyperparameters) on member ``i``'s slice, up to rounding where a per-member value replaces a
 Python number in a kernel (an ulp per op).
 
+What reduces per member: the global-norm clip (each member's own norm, per-member
+``max_norm``); LAMB's and LARS's trust ratios; Muon's Newton-Schulz (one member matrix at a
+time; its 2-d rule and lr ratio read the per-member shape); Adafactor's factored statistics
+and RMS (a stacked ``[N, d]`` bias is a vector); :func:`~functrain.apply_if_finite` and
+:func:`~functrain.loss_scaling` (finiteness, skipped steps, counters, scale, growth tracker
+and ``found_inf`` per member); the mask / label callables of ``masked`` / ``partition`` see
+one member's slice. Element-wise, so unchanged: the Adam family's moments, Adagrad,
+Adadelta, RMSprop, Rprop, ASGD, Lion, schedule-free, ``accumulate`` / ``multi_steps``,
+``clip_by_value``, weight decay and learning rates. ``lbfgs`` and ``sparse_adam`` refuse
+ensembles.
+
+One difference from separate runs: a step counter an optimizer keeps as one number (Adam's
+``count``, for its bias corrections) is shared by the members, and under ``apply_if_finite``
+or ``loss_scaling`` it advances when any member steps; a member whose step was skipped then
+continues with the others' count, not with the count a run of its own would have.
+
+Shared hyperparameters keep torch's fused kernels (:func:`functrain.apply_gradients`); a
+per-member learning rate keeps Adam's, AdamW's and SGD's fused kernels by calling them once per
+member on its slices; other per-member values run the foreach chain.
+
 Example:
     >>> params = {"w": torch.zeros(4, 3)}  # 4 members of a 3-vector
     >>> tx = ensemble(chain(clip(1.0), adamw(lr=[1e-3, 2e-3, 5e-3, 1e-2])), 4)
