@@ -22,6 +22,8 @@ from functrain.ensembles import (
     make_ensemble_train_step,
     member_state,
     member_state_dict,
+    stop_members,
+    stopped_members,
 )
 from functrain.loops import EpochBasedTrainLoop, IterBasedTrainLoop, Runner, TestLoop, ValLoop
 from functrain.packing import PackLayout, pack
@@ -58,5 +60,7 @@ __all__ = [
     "member_state",
     "member_state_dict",
     "pack",
+    "stop_members",
+    "stopped_members",
     "tree_map",
 ]

@@ -64,13 +64,23 @@ from functrain.transforms.multipliers import trainable_parameters
 from functrain.tree import leaf_paths, tree_map
 
 __all__ = [
+    "ACTIVE_MEMBERS",
     "Members",
+    "active_members",
     "init_members",
     "make_ensemble_eval_step",
     "make_ensemble_train_step",
     "member_state",
     "member_state_dict",
+    "stop_members",
+    "stopped_members",
 ]
+
+#: The key in ``state.callbacks`` of the per-member "still training" mask: a bool tensor of
+#: shape ``[N]`` on the params' device. :func:`make_ensemble_train_step` keeps a member whose
+#: entry is ``False`` exactly as it was (params, buffers, optimizer state); callbacks clear
+#: entries with :func:`stop_members` (``EarlyStopping``, ``TerminateOnNaN`` in member mode).
+ACTIVE_MEMBERS = "active_members"
 
 
 # make_ensemble_train_step(grad=...): the gradient functions of functrain.step, applied to
@@ -308,12 +318,21 @@ def make_ensemble_train_step(
             )
         if not model.training:
             model.train()
-        buffers = state.buffers if donate else {k: b.clone() for k, b in state.buffers.items()}
+        # Once a callback has stopped a member (state.callbacks[ACTIVE_MEMBERS]), the step
+        # keeps the old tensors (no donation) and selects old or new per member; before
+        # that it donates as usual. Whether the mask exists is known on the host: no sync.
+        mask = state.callbacks.get(ACTIVE_MEMBERS)
+        donate_now = donate and mask is None
+        buffers = state.buffers if donate_now else {k: b.clone() for k, b in state.buffers.items()}
         inputs = StepInputs(buffers, batch, _device_type(state), loss_scale(state.opt_state))
         grads, (value, aux) = gradients(state.params, inputs)
         params, opt_state = apply_gradients(
-            tx, state.params, grads, state.opt_state, donate=donate, fused=fused
+            tx, state.params, grads, state.opt_state, donate=donate_now, fused=fused
         )
+        if mask is not None:
+            params = _select_members(mask, params, state.params, members)
+            buffers = _select_members(mask, buffers, state.buffers, members)
+            opt_state = _select_members(mask, opt_state, state.opt_state, members)
         metrics = {"loss": value.detach(), **aux}
         return state.replace(params=params, buffers=buffers, opt_state=opt_state), metrics
 
@@ -461,3 +480,65 @@ def member_state_dict(
     if model is None:
         return tensors
     return {k: tensors[k] for k in model.state_dict() if k in tensors}
+
+
+def _select_members(mask: Tensor, new: Any, old: Any, members: int) -> Any:
+    """``new`` where ``mask`` is True, ``old`` elsewhere, member by member: every tensor leaf
+    with the member axis is a ``torch.where`` over it; leaves shared by all members (a step
+    counter, a scalar hyperparameter) take the new value. (torch has no foreach ``where``,
+    hence one op per leaf.)"""
+
+    def pick(n: Any, o: Any) -> Any:
+        if not isinstance(n, Tensor) or n.dim() == 0 or n.shape[0] != members:
+            return n
+        return torch.where(mask.view(members, *([1] * (n.dim() - 1))), n, o)
+
+    return tree_map(pick, new, old)
+
+
+def active_members(state: TrainState) -> Tensor | None:
+    """The per-member "still training" mask (``state.callbacks[ACTIVE_MEMBERS]``, a bool
+    tensor ``[N]``), or ``None`` while every member trains."""
+    return state.callbacks.get(ACTIVE_MEMBERS)
+
+
+def stop_members(state: TrainState, stop: Iterable[int], members: int) -> TrainState:
+    """``state`` with members ``stop`` marked stopped: from the next step of
+    :func:`make_ensemble_train_step` on, their params, buffers and optimizer-state slices
+    stay bitwise as they are (the others train on; a counter shared by all members, such as
+    the optimizer's step count, still advances).
+
+    Args:
+        state: the ensemble's state.
+        stop: member indices (host ints: the callbacks decide on values already read).
+        members: the ensemble size N.
+
+    Example:
+        >>> state = stop_members(state, [2], 4)  # doctest: +SKIP
+        >>> stopped_members(state)  # doctest: +SKIP
+        [2]
+    """
+    stop = sorted(set(stop))
+    for i in stop:
+        if not 0 <= i < members:
+            raise IndexError(f"stop_members: member {i} out of range for an ensemble of {members}")
+    mask = state.callbacks.get(ACTIVE_MEMBERS)
+    if mask is None:
+        if not stop:
+            return state
+        device = next((t.device for t in state.params.values()), None)
+        mask = torch.ones(members, dtype=torch.bool, device=device)
+    else:
+        mask = mask.clone()  # the state is a value: never write into the old mask
+    if stop:
+        mask[stop] = False
+    return state.with_callback_state(ACTIVE_MEMBERS, mask)
+
+
+def stopped_members(state: TrainState) -> list[int]:
+    """The members :func:`stop_members` stopped, in order (reads the mask to the host: call
+    it where the loop syncs anyway, at validation or a logging interval)."""
+    mask = state.callbacks.get(ACTIVE_MEMBERS)
+    if mask is None:
+        return []
+    return [i for i, active in enumerate(mask.tolist()) if not active]

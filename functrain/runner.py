@@ -90,6 +90,41 @@ def _register(defaults: Mapping[str, Any] | bool | None, callbacks: Iterable[Any
     return registered
 
 
+def _members(
+    state: TrainState, members: int | None, labels: Iterable[str] | None
+) -> tuple[int | None, list[str] | None]:
+    """The ensemble size (given, or recorded by an ``ensemble(...)`` optimizer state) and
+    the members' labels, checked."""
+    from functrain.transforms.members import StackedState
+
+    recorded = state.opt_state.members if isinstance(state.opt_state, StackedState) else None
+    if members is not None:
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ValueError(f"Runner: members must be a positive int or None, got {members!r}")
+        if recorded is not None and recorded != members:
+            raise ValueError(
+                f"Runner: members={members}, but the optimizer state is an ensemble of "
+                f"{recorded} members (functrain.ensemble(tx, {recorded}))"
+            )
+    else:
+        members = recorded
+    if labels is None:
+        return members, None if members is None else [f"#{i}" for i in range(members)]
+    if isinstance(labels, str):
+        raise TypeError("Runner: member_labels must be a list of strings, got one string")
+    labels = list(labels)
+    if members is None:
+        raise ValueError(
+            "Runner: member_labels given, but the run has no members (pass members=N, or "
+            "an optimizer state made by functrain.ensemble)"
+        )
+    if len(labels) != members or not all(isinstance(x, str) for x in labels):
+        raise ValueError(
+            f"Runner: member_labels must be {members} strings (one per member), got {labels!r}"
+        )
+    return members, labels
+
+
 class Runner:
     """Drives a train loop, a validation loop and a test loop, and calls the callbacks.
 
@@ -122,6 +157,13 @@ class Runner:
         state_from_checkpoint: ``fn(loaded, current) -> state`` turning the state read from
             a checkpoint (shaped like ``state_for_checkpoint(current)``) into the one this
             rank trains with (re-sharding it, say); called on every rank after loading.
+        members: the ensemble size N when ``state`` is a stacked ensemble (see
+            :mod:`functrain.ensembles`). ``None`` (default) detects it: an optimizer state
+            made by :func:`functrain.ensemble` (``StackedState``) records N; otherwise the
+            run is a plain one. An int is checked against what the state records. With
+            members, the callbacks work per member (see "Ensembles" below).
+        member_labels: one short string per member naming its settings (``"lr=0.001
+            seed=1"``), shown in log lines and plot legends; default ``"#0"``, ``"#1"``...
         abort_on_error: under a process group of several ranks, when the run raises, write
             the error where the other ranks can read it and abort the process group, so
             that ranks waiting in a collective fail at once (with a note naming the rank
@@ -134,11 +176,25 @@ class Runner:
     collective (every rank gathers its data position to rank 0, rank 0 writes, and all wait
     until the file is complete), and resuming reads the same file on every rank.
 
+    Ensembles: with ``members`` (given or detected), the train step's metrics and the eval
+    step's outputs carry a leading member axis (``make_ensemble_train_step`` /
+    ``make_ensemble_eval_step``) and every per-member scalar is named ``"<name>/<i>"`` for
+    member ``i``: the logged records (``loss/3``, ``lr/3``, ``grad_norm/3``) and the
+    validation metrics (``acc/3``; the default :class:`~functrain.evaluators.MeanMetrics`
+    averages per member). The callbacks then act per member: ``Logger`` (one terminal line
+    with min / median / max and the best member), ``CheckpointCallback`` (``save_best`` per
+    member or for the best member), ``EarlyStopping`` and ``TerminateOnNaN`` (stop single
+    members through :func:`functrain.stop_members`), ``EMA`` (per-member momentum),
+    ``CurvesPlot`` (one curve per member, legend ``member_labels``),
+    ``ReduceOnPlateauCallback`` (one plateau per member). Checkpoints hold the stacked state
+    and resume bitwise.
+
     Attributes a callback can use (mmengine names): ``epoch``, ``iter``, ``max_epochs``,
     ``max_iters``, ``train_loop``, ``val_loop``, ``test_loop``, ``train_dataloader``,
     ``val_dataloader``, ``test_dataloader``, ``work_dir``, ``log_dir``, ``timestamp``,
     ``logger``, ``history`` (the message hub), ``mode`` (``"train"``/``"val"``/``"test"``),
-    ``stop_training`` (settable), ``state``, ``callbacks``, ``save_checkpoint``.
+    ``stop_training`` (settable), ``state``, ``callbacks``, ``save_checkpoint``; and
+    ``members`` (N or ``None``) and ``member_labels`` (``None`` for a plain run).
     """
 
     def __init__(
@@ -160,9 +216,12 @@ class Runner:
         state_for_checkpoint: Callable[[TrainState], TrainState] | None = None,
         state_from_checkpoint: Callable[[TrainState, TrainState], TrainState] | None = None,
         abort_on_error: bool = True,
+        members: int | None = None,
+        member_labels: Iterable[str] | None = None,
     ) -> None:
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
+        self.members, self.member_labels = _members(state, members, member_labels)
         if train_loop is not None and train_step is None:
             raise ValueError("a train_loop needs a train_step")
         self.state = state
