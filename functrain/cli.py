@@ -7,6 +7,9 @@ schedules.
                            [--device cpu|cuda] [--launcher none|pytorch]
     functrain explain CONFIG [--cfg-options k=v ...]
     functrain schedule CONFIG --plot out.png [--cfg-options k=v ...]
+    functrain sweep CONFIG [--grid KEY=V1,V2,...]... [--seeds 0,1,2] [--groups]
+                           [--work-dir DIR] [--device cpu|cuda] [--explain] [--cfg-options ...]
+    functrain export-member WORK_DIR --member I OUT.pth
 
 ``train`` mirrors MMDetection's ``tools/train.py``: the work dir defaults to
 ``work_dirs/<config name>``; ``--resume`` alone resumes from the work dir's last checkpoint,
@@ -73,6 +76,7 @@ def _train(args: argparse.Namespace) -> int:
         load_from=load_from,
         device=args.device,
         launcher=args.launcher,
+        compile=args.compile,
     )
     runner = built.runner
     if auto_resume and not pointer.is_file() and is_main_process():
@@ -161,6 +165,36 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from functrain.sweep import parse_grid_option, parse_seeds, plan_sweep, run_sweep
+
+    cfg = _load(args)
+    grid = dict(parse_grid_option(item) for item in args.grid or [])
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    plan = plan_sweep(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg, grid, seeds,
+                      groups=args.groups)  # fmt: skip
+    if args.explain:
+        print(plan.explain())
+        return 0
+    work_dir = (
+        args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
+    )
+    print(f"sweep: {len(plan.members)} members ({', '.join(plan.varied)})", flush=True)
+    result = run_sweep(cfg, plan, work_dir=work_dir, device=args.device,
+                       progress=lambda line: print(line, flush=True))  # fmt: skip
+    print(result.table())
+    print(f"results in {Path(work_dir) / 'results.csv'}, curves in {Path(work_dir) / 'sweep.png'}")
+    return 0
+
+
+def _export_member(args: argparse.Namespace) -> int:
+    from functrain.sweep import export_member
+
+    out = export_member(args.work_dir, args.member, args.out)
+    print(f"member {args.member} written to {out}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="functrain", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +221,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--device", choices=("cpu", "cuda"), default=None)
     train.add_argument("--launcher", choices=("none", "pytorch"), default=None)
+    train.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="MODE",
+        help="compile the train step (forward, backward, update) as one program with "
+        "torch.compile; MODE: a torch.compile mode, e.g. reduce-overhead (CUDA graphs on CUDA). "
+        "Overrides the config's compile key",
+    )
     train.set_defaults(run=_train)
 
     exp = sub.add_parser("explain", help="print the transform chain, lr/decay table, schedules")
@@ -197,6 +241,39 @@ def _parser() -> argparse.ArgumentParser:
     common(sched)
     sched.add_argument("--plot", required=True, metavar="OUT.png")
     sched.set_defaults(run=_schedule)
+
+    sweep = sub.add_parser(
+        "sweep", help="train a grid of hyperparameters x seeds as one stacked ensemble"
+    )
+    common(sweep)
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2,...",
+        help="values of a config key, e.g. optim_wrapper.optimizer.lr=1e-3,1e-2 (repeatable; "
+        "added to the config's sweep=dict(grid=...))",
+    )
+    sweep.add_argument("--seeds", metavar="0,1,2", help="seeds of the members' models (or 0-7)")
+    sweep.add_argument(
+        "--groups",
+        action="store_true",
+        help="allow keys that cannot vary inside one ensemble (model, optimizer type, batch "
+        "size, ...): members with equal values of them train together, groups one by one",
+    )
+    sweep.add_argument("--work-dir", help="default: work_dirs/<config name>")
+    sweep.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    sweep.add_argument(
+        "--explain", action="store_true", help="print the member table, train nothing"
+    )
+    sweep.set_defaults(run=_sweep)
+
+    export = sub.add_parser(
+        "export-member", help="write one member of a sweep as an ordinary checkpoint"
+    )
+    export.add_argument("work_dir", metavar="WORK_DIR", help="the sweep's work dir")
+    export.add_argument("--member", type=int, required=True, help="the member's row")
+    export.add_argument("out", metavar="OUT.pth")
+    export.set_defaults(run=_export_member)
     return parser
 
 

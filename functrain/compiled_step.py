@@ -12,7 +12,9 @@ graph breaks (from ``torch._dynamo.explain``); if that fails too, a warning and 
 step.
 
 A program is compiled per input signature (tree structure, shapes, dtypes): a shorter last
-batch compiles a second one. ``mode="reduce-overhead"`` (``compile="reduce-overhead"``)
+batch compiles a second one. A step that changes the state's layout (torch's SGD momentum
+buffer, created by the first step) runs eagerly instead: no later step has its inputs.
+Tensors the step reads from elsewhere (a schedule's milestones) are constants of the graph. ``mode="reduce-overhead"`` (``compile="reduce-overhead"``)
 captures the program in a CUDA graph on CUDA (static input buffers, no host work between
 the kernels); on the CPU it is the default mode.
 
@@ -43,6 +45,20 @@ def _signature(leaves: list[Any]) -> tuple[Any, ...]:
     return tuple(
         (tuple(t.shape), t.dtype, t.device) if isinstance(t, Tensor) else t for t in leaves
     )
+
+
+def _layout(tree: Any) -> tuple[Any, ...]:
+    """The tree's structure and its leaves' shapes and dtypes (what a compiled program fixes)."""
+    leaves, spec = optree.tree_flatten(tree, namespace=NAMESPACE)
+    return spec, _signature(leaves)
+
+
+def _eager(now: list[Any]) -> Any:
+    raise AssertionError("the eager marker is never called")
+
+
+#: A signature whose step runs eagerly (it changes the state's layout; see ``build``).
+_EAGER: Callable[[list[Any]], Any] = _eager
 
 
 def compile_train_step(step: TrainStep, compile: bool | str = True) -> TrainStep:
@@ -76,6 +92,8 @@ def compile_train_step(step: TrainStep, compile: bool | str = True) -> TrainStep
     def core_for(state: TrainState, spec: Any) -> Callable[..., Any]:
         out_spec: list[Any] = []
 
+        steady: list[bool] = []
+
         def core(*leaves: Tensor) -> list[Tensor]:
             params, buffers, opt_state, batch = optree.tree_unflatten(spec, list(leaves))
             new, metrics = step(
@@ -85,21 +103,29 @@ def compile_train_step(step: TrainStep, compile: bool | str = True) -> TrainStep
                 (new.params, new.buffers, new.opt_state, metrics), namespace=NAMESPACE
             )
             out_spec.append(o_spec)
+            steady.append(
+                _layout((params, buffers, opt_state))
+                == _layout((new.params, new.buffers, new.opt_state))
+            )
             return out
 
         core.out_spec = out_spec  # type: ignore[attr-defined]
+        core.steady = steady  # type: ignore[attr-defined]
         return core
 
     def build(state: TrainState, leaves: list[Any], spec: Any) -> Callable[..., Any]:
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        from functrain.transforms.compiled import _hoist_scalars, compile_program
+        from functrain.transforms.compiled import _hoist_scalars, compile_program, record
 
         core = core_for(state, spec)
         try:
-            gm = make_fx(core, tracing_mode="fake")(*leaves)
+            gm = record(core, leaves)
         except Exception as err:  # noqa: BLE001 - e.g. a data-dependent Python branch
             return graph_breaks(state, leaves, spec, err)
+        if not core.steady[-1]:  # type: ignore[attr-defined]
+            # This step changes the state's layout (torch's SGD momentum buffer appears at
+            # the first step): no later step has these inputs, so compiling it would double
+            # the compile time for one step. It runs eagerly.
+            return _EAGER
         _hoist_scalars(gm)
         program = compile_program(gm, fullgraph=True, mode=mode)
         o_spec = core.out_spec[-1]  # type: ignore[attr-defined]
@@ -144,12 +170,18 @@ def compile_train_step(step: TrainStep, compile: bool | str = True) -> TrainStep
         tensors = all(isinstance(t, Tensor) for t in leaves)
         key = (spec, _signature(leaves))
         run = programs.get(key)
+        if run is _EAGER:
+            return step(state, batch)
         if run is None:
             start = time.perf_counter()
             try:
                 if not tensors:
                     raise TypeError("the batch holds non-tensor leaves")
                 run = build(state, leaves, spec)
+                if run is _EAGER:
+                    programs[key] = run
+                    info["seconds"] += time.perf_counter() - start
+                    return step(state, batch)
                 out = run(leaves)
             except Exception as err:  # noqa: BLE001 - no compiler, an inductor error, ...
                 warnings.warn(

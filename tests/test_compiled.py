@@ -13,12 +13,17 @@ parameters agree to ~1e-7 relative. The tests allow 1e-6 (the brief's bound).
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 import functrain as ft
+from functrain.cli import main
+from functrain.config import ConfigError, build_runner
+from functrain.config.build import compile_option
+from functrain.config.file import load_config
 from functrain.state import TrainState
 from functrain.step import make_train_step
 
@@ -229,3 +234,116 @@ def test_under_vmap_runs_eagerly_without_warning_and_compiles_afterwards() -> No
     stats = ft.compile_stats(fast)
     assert stats["compiles"] == 1 and not stats["eager"]
     _assert_close(got, want)
+
+
+# --------------------------------------------------------------------------- Runner / config / CLI
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+
+
+def _digits_run(name: str, compile: object, work_dir: Path) -> tuple[TrainState, dict]:
+    """A few iterations of a seed config (the compile time dominates the test's time)."""
+    cfg = load_config(CONFIGS / name)
+    cfg["train_cfg"] = dict(type="EpochBasedTrainLoop", max_epochs=1, val_interval=1000)
+    # 1257 samples: 9 batches of 128, the last one dropped (one batch shape: one program).
+    cfg["train_dataloader"].update(batch_size=128, drop_last=True)
+    for key in ("val_cfg", "val_dataloader", "val_evaluator"):
+        cfg[key] = None
+    for key in ("test_cfg", "test_dataloader", "test_evaluator"):
+        cfg[key] = None
+    cfg["default_hooks"]["checkpoint"] = None
+    built = build_runner(cfg, device="cpu", work_dir=work_dir, compile=compile)
+    state = built.runner.train()
+    return state, getattr(built.runner.train_step, "compile_info", {})
+
+
+def test_runner_compiled_digits_config_matches_eager(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    # SGD with momentum and gradient clipping, a warmup and step schedule (the seed's 1x).
+    # (An Adam-family config is not compared leaf by leaf: DigitsNet's conv biases sit
+    # before a BatchNorm, their gradients are rounding noise, which Adam scales to lr.)
+    eager, _ = _digits_run("digits_sgd_clip.py", None, tmp_path / "eager")
+    fast, info = _digits_run("digits_sgd_clip.py", True, tmp_path / "compiled")
+    assert info["mode"] == "fullgraph" and info["programs"] == 1
+    assert fast.iteration == eager.iteration == 9
+    # Fused pointwise ops round within an ulp or two per op; 9 steps stay far inside 1e-5.
+    for tree in ("params", "buffers"):
+        want, got = getattr(eager, tree), getattr(fast, tree)
+        for k in want:
+            if not want[k].is_floating_point():
+                assert torch.equal(got[k], want[k]), k
+                continue
+            scale = want[k].abs().max().clamp_min(1e-3)
+            assert (got[k] - want[k]).abs().max() <= 1e-5 * scale, f"{tree}.{k}"
+
+
+def test_compile_config_key_follows_mmengine_spelling() -> None:
+    assert compile_option(None) is False and compile_option(False) is False
+    assert compile_option(True) is True and compile_option({}) is True
+    assert compile_option(dict(mode="reduce-overhead")) == "reduce-overhead"
+    with pytest.raises(ConfigError, match="target") as err:
+        compile_option(dict(target="forward"))
+    assert err.value.path == "compile.target"
+    with pytest.raises(ConfigError, match="inductor"):
+        compile_option(dict(backend="eager"))
+    with pytest.raises(ConfigError, match="bool or a dict"):
+        compile_option(3)
+
+
+def test_cli_compile_flag_reaches_the_train_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import functrain.step as step_module
+
+    seen: list[object] = []
+    original = step_module.make_train_step
+
+    def recording(*args: object, compile: object = False, **kwargs: object) -> object:
+        seen.append(compile)
+        return original(*args, **kwargs)  # eager: the flag's wiring is what is checked
+
+    monkeypatch.setattr(step_module, "make_train_step", recording)
+    config = str(CONFIGS / "digits_sgd_clip.py")
+    short = ["--cfg-options", "train_cfg.max_epochs=1", "train_dataloader.batch_size=256"]
+    flags = ([], ["--compile"], ["--compile", "max-autotune"])
+    for i, flag in enumerate(flags):
+        argv = ["train", config, "--work-dir", str(tmp_path / str(i)), "--device", "cpu", *flag]
+        assert main([*argv, *short]) == 0, capsys.readouterr().err
+    assert seen == [False, True, "max-autotune"]
+
+
+def test_compile_program_pins_the_vector_width_into_inductors_cache_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Inductor's FX-graph cache key does not see ATEN_CPU_CAPABILITY: an avx2 program reloaded
+    # by an avx512 process was rebuilt with 16-float vectors over loops stepping 8 (an abort
+    # here). While a program runs (and so while it compiles), cpp.simdlen is the width this
+    # process picks (1 without a vector ISA), so it is part of the key; afterwards it is reset.
+    import torch._inductor.config as inductor_config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    from functrain.transforms.compiled import compile_program
+
+    seen = []
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: lambda *a: seen.append(inductor_config.cpp.simdlen)
+    )
+    before = inductor_config.cpp.simdlen
+    compile_program(lambda x: x)(torch.ones(1))
+    isa = pick_vec_isa()
+    assert seen == [isa.bit_width() if isa else 1]
+    assert inductor_config.cpp.simdlen == before
+
+
+def test_a_first_step_that_creates_state_runs_eagerly_and_later_steps_compile_once() -> None:
+    # torch's SGD momentum buffer is None until the first step: that step's program would
+    # never run again, so it is not compiled (one program, not two).
+    eager, fast = ft.sgd(lr=0.1, momentum=0.9), ft.compiled(ft.sgd(lr=0.1, momentum=0.9))
+    p_eager, p_fast = _params(), _params()
+    s_eager, s_fast = eager.init(p_eager), fast.init(p_fast)
+    for step in range(3):
+        p_eager, s_eager = ft.apply_gradients(eager, p_eager, _grads(step), s_eager)
+        p_fast, s_fast = ft.apply_gradients(fast, p_fast, _grads(step), s_fast, donate=True)
+    stats = ft.compile_stats(fast)
+    assert stats["compiles"] == 1 and not stats["eager"]
+    _assert_close(p_fast, p_eager)

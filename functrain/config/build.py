@@ -53,6 +53,7 @@ __all__ = [
     "build_runner",
     "build_training",
     "check_top_level",
+    "compile_option",
     "import_custom_modules",
     "parse_losses",
     "plan_training",
@@ -67,7 +68,7 @@ KNOWN_KEYS = (
     "test_cfg", "optim_wrapper", "param_scheduler", "val_evaluator", "test_evaluator",
     "default_hooks", "custom_hooks", "custom_imports", "default_scope", "env_cfg", "launcher",
     "log_level", "log_processor", "load_from", "resume", "work_dir", "randomness",
-    "auto_scale_lr", "visualizer", "experiment_name",
+    "auto_scale_lr", "visualizer", "experiment_name", "compile",
 )  # fmt: skip
 _IGNORED_WITH_NOTE = {
     "log_processor": "the logger's window_size / by_epoch options are on LoggerHook",
@@ -195,6 +196,39 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
                 UserWarning,
                 stacklevel=3,
             )
+
+
+def compile_option(value: Any) -> bool | str:
+    """The config's ``compile`` (mmengine's spelling: a bool, or a dict of ``torch.compile``
+    options) as :func:`functrain.make_train_step`'s ``compile``: ``False``, ``True`` or a
+    ``torch.compile`` mode name. Of the dict, ``mode`` is used; ``backend='inductor'``,
+    ``fullgraph`` and ``dynamic=False`` are what functrain does anyway; other keys are errors
+    (functrain compiles the whole step, so mmengine's ``target`` has no meaning here)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "compile", f"expected a bool or a dict of torch.compile options, got {value!r}"
+        )
+    accepted = {"mode", "backend", "fullgraph", "dynamic"}
+    for key in value:
+        if key not in accepted:
+            raise ConfigError(
+                f"compile.{key}",
+                f"functrain reads only {sorted(accepted)} of the compile options, got {key!r}",
+            )
+    if value.get("backend", "inductor") != "inductor":
+        raise ConfigError(
+            "compile.backend", f"only 'inductor' is supported, got {value['backend']!r}"
+        )
+    if value.get("dynamic", False):
+        raise ConfigError("compile.dynamic", "functrain compiles one program per batch shape")
+    mode = value.get("mode")
+    if mode is not None and not isinstance(mode, str):
+        raise ConfigError("compile.mode", f"expected a torch.compile mode name, got {mode!r}")
+    return mode or True
 
 
 def build_model(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -347,6 +381,7 @@ def build_runner(
     load_from: str | None = None,
     device: str | torch.device | None = None,
     launcher: str | None = None,
+    compile: bool | str | Mapping[str, Any] | None = None,
 ) -> Built:
     """Build a runner from an mmengine-style config.
 
@@ -358,6 +393,10 @@ def build_runner(
         load_from: overrides ``cfg['load_from']``.
         device: ``'cpu'``, ``'cuda'`` (default: CUDA when available).
         launcher: overrides ``cfg['launcher']``: ``'none'`` or ``'pytorch'`` (torchrun).
+        compile: overrides ``cfg['compile']`` (mmengine's key): ``True``, a dict of
+            ``torch.compile`` options of which functrain reads ``mode`` (e.g.
+            ``dict(mode='reduce-overhead')``), or a mode name: the train step is compiled as
+            one program (:func:`functrain.make_train_step`'s ``compile``).
 
     Returns:
         :class:`Built` with the runner, model, optimizer plan and device.
@@ -416,7 +455,13 @@ def build_runner(
         )  # fmt: skip
         state = TrainState.create(model, plan.tx, device=device)
         # The transform averages the gradients itself when data_parallel (see build_optimizer).
-        train_step = make_train_step(model, loss_fn(device), plan.tx, autocast=plan.autocast)
+        train_step = make_train_step(
+            model,
+            loss_fn(device),
+            plan.tx,
+            autocast=plan.autocast,
+            compile=compile_option(compile if compile is not None else cfg.get("compile")),
+        )
     else:
         from functrain.transforms.base import identity
 

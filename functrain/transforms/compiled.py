@@ -77,7 +77,14 @@ from functrain.transforms.leaf_subsets import RESOLUTION_HOOK
 from functrain.transforms.optim_parts import check_state_paths
 from functrain.tree import NAMESPACE, TreeInfo, leaf_paths
 
-__all__ = ["CompiledState", "CompiledStep", "compile_stats", "compiled"]
+__all__ = [
+    "CompiledState",
+    "CompiledStep",
+    "compile_program",
+    "compile_stats",
+    "compiled",
+    "record",
+]
 
 
 @state_record
@@ -290,8 +297,10 @@ class _Program:
         mode: str | None,
         dynamic: bool,
         where: str,
+        steady: Callable[[], bool] = lambda: True,
     ) -> None:
         self.run = run
+        self.steady = steady
         self.mode = mode
         self.dynamic = dynamic
         self.where = where
@@ -313,6 +322,11 @@ class _Program:
             start = time.perf_counter()
             try:
                 fn = self._compile(donate, apply, inputs)
+                if fn is None:
+                    # This call changes the state's layout (a momentum buffer created by the
+                    # first step): no later call has its inputs, so it runs eagerly.
+                    self.compiled[key] = self.run_eagerly(donate, apply)
+                    return self.run(donate, apply, inputs)
                 result = fn(inputs)
             except Exception as err:  # noqa: BLE001 - any failure of the compiler stack
                 warnings.warn(
@@ -330,9 +344,10 @@ class _Program:
             return result
         return fn(inputs)
 
-    def _compile(self, donate: bool, apply: bool, inputs: list[Any]) -> Callable[..., Any]:
-        from torch.fx.experimental.proxy_tensor import make_fx
+    def run_eagerly(self, donate: bool, apply: bool) -> Callable[..., Any]:
+        return lambda inputs: self.run(donate, apply, inputs)
 
+    def _compile(self, donate: bool, apply: bool, inputs: list[Any]) -> Callable[..., Any] | None:
         tensor_pos = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
         out_spec: list[Any] = []
 
@@ -346,7 +361,9 @@ class _Program:
             return leaves
 
         tensors = [inputs[i] for i in tensor_pos]
-        gm = make_fx(traced, tracing_mode="fake")(*tensors)
+        gm = record(traced, tensors)
+        if not self.steady():
+            return None
         _hoist_scalars(gm)
         program = compile_program(gm, fullgraph=True, dynamic=self.dynamic, mode=self.mode)
         spec = out_spec[-1]
@@ -358,33 +375,59 @@ class _Program:
         return call
 
 
-def compile_program(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
-    """``torch.compile(fn, **kwargs)``, working around an inductor bug on CPUs without a
-    vector instruction set it can use (``ATEN_CPU_CAPABILITY=default``, or an old CPU).
+def record(fn: Callable[..., list[Tensor]], tensors: Sequence[Tensor]) -> torch.fx.GraphModule:
+    """``fn(*tensors)``'s tensor operations as one graph (``make_fx`` with fake tensors).
 
-    There torch 2.13's inductor still emits a vectorised reduction whose accumulator it never
-    declares (``'tmp_acc0_vec' was not declared``), so the C++ fails to build; scalar code
-    (``cpp.simdlen = 1``) builds and computes the same thing. Compilation happens at a
-    program's first call (and at any recompile), so every call runs under that setting then;
-    elsewhere the program is returned as torch.compile made it.
+    Tensors that ``fn`` reads from elsewhere (a schedule's milestones, a cached constant) are
+    real, not inputs: they are recorded as constants of the graph (by value: inductor's
+    FX-graph cache key includes a constant's values, so two graphs that differ only there
+    never share a compiled program).
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    return make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*tensors)
+
+
+def compile_program(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+    """``torch.compile(fn, **kwargs)``, with inductor's CPU vector width pinned while it runs.
+
+    Two inductor problems (torch 2.13) are worked around:
+
+    - Its FX-graph cache key does not include the vector instruction set the C++ is
+      generated for (``cpp.simdlen=None`` is resolved from ``ATEN_CPU_CAPABILITY`` only
+      while generating code). A program cached by a run with ``ATEN_CPU_CAPABILITY=avx2``
+      (loops stepping 8 floats) was reloaded by an avx512 run, whose compiler rebuilt the
+      same source with 16-float vectors: stores past the end of the buffers, wrong results
+      or an abort (and the reverse leaves half of every vector uncomputed). Pinning
+      ``cpp.simdlen`` to the width the current process would pick anyway puts it in the key.
+    - Without a vector instruction set it can use (``ATEN_CPU_CAPABILITY=default``, an old
+      CPU), inductor still emits a vectorised reduction whose accumulator it never declares
+      (``'tmp_acc0_vec' was not declared``); scalar code (``cpp.simdlen=1``) builds and
+      computes the same thing.
+
+    Compilation happens at a program's first call (and at any recompile), so every call runs
+    with the width pinned (an attribute set and reset, about 4 us).
     """
     program = torch.compile(fn, **kwargs)
     try:
+        import torch._inductor.config as inductor_config
         from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-        vector_isa = bool(pick_vec_isa())
-    except Exception:  # noqa: BLE001 - an inductor without this helper: nothing to work around
-        vector_isa = True
-    if vector_isa:
+        isa = pick_vec_isa()
+        width = isa.bit_width() if isa else 1
+        cpp = inductor_config.cpp
+    except Exception:  # noqa: BLE001 - an inductor without these: nothing to work around
         return program
 
-    def scalar_codegen(*args: Any) -> Any:
-        import torch._inductor.config as inductor_config
-
-        with inductor_config.patch({"cpp.simdlen": 1}):
+    def pinned(*args: Any) -> Any:
+        before = cpp.simdlen
+        cpp.simdlen = width
+        try:
             return program(*args)
+        finally:
+            cpp.simdlen = before
 
-    return scalar_codegen
+    return pinned
 
 
 # --------------------------------------------------------------------------- compiled()
@@ -499,6 +542,7 @@ def compiled(
         has_params = params[0] is not None if n else False
         plist = list(params) if has_params else None
         updates, new_state = inner_update(grads, state, plist, info, extra)
+        holder["steady"] = _layout(state) == _layout(new_state)
         if not apply:
             return updates, new_state
         assert plist is not None
@@ -515,6 +559,7 @@ def compiled(
         mode=mode,
         dynamic=dynamic,
         where="compiled",
+        steady=lambda: holder.get("steady", True),
     )
 
     def step(
@@ -603,6 +648,12 @@ class CompiledStep:
 
     run: Callable[..., tuple[list[Tensor], Any]]
     program: Any = attrs.field(repr=False, default=None)
+
+
+def _layout(tree: Any) -> tuple[Any, ...]:
+    """A state's structure and its tensors' shapes and dtypes (what a program fixes)."""
+    leaves, spec = optree.tree_flatten(tree, namespace=NAMESPACE)
+    return spec, tuple((t.shape, t.dtype) if isinstance(t, Tensor) else t for t in leaves)
 
 
 def _unflatten_inputs(inputs: list[Any], holder: dict[str, Any]) -> list[Any]:
