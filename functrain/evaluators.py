@@ -15,6 +15,7 @@ from torch import Tensor
 
 from functrain import ranks as comm  # rank queries and object collectives
 from functrain.callbacks.history import ScalarHistory
+from functrain.callbacks.members import expand_members
 
 __all__ = ["Evaluator", "MeanMetrics"]
 
@@ -41,9 +42,31 @@ class MeanMetrics(Evaluator):
     dataset accuracy with ``{"acc": (pred == y).float()}``); a 0-d tensor is a per-batch value,
     averaged over batches. The sums stay on the device; ``evaluate`` reads them with one host
     transfer.
+
+    Ensembles: with ``members=N`` (set by the validation / test loop from
+    ``runner.members`` when left ``None``) every output has a leading member axis: ``[N]``
+    is one per-batch value per member, ``[N, B, ...]`` per-sample values per member; the
+    means are per member and come back as ``"<name>/<i>"`` (``acc/0``, ``acc/1``, ...), each
+    averaged exactly as a plain run averages that member's values.
+
+    Args:
+        members: the ensemble size, or ``None`` for a plain run.
+
+    Example:
+        >>> m = MeanMetrics(members=2)
+        >>> m.process({"acc": torch.tensor([[1.0, 0.0], [1.0, 1.0]])})
+        >>> m.evaluate()
+        {'acc/0': 0.5, 'acc/1': 1.0}
     """
 
-    def __init__(self) -> None:
+    def __init__(self, members: int | None = None) -> None:
+        if members is not None and (
+            isinstance(members, bool) or not isinstance(members, int) or members < 1
+        ):
+            raise ValueError(
+                f"MeanMetrics: members must be a positive int or None, got {members!r}"
+            )
+        self.members = members
         self.reset()
 
     def reset(self) -> None:
@@ -56,10 +79,22 @@ class MeanMetrics(Evaluator):
                 "MeanMetrics expects the eval step to return a {name: tensor} dict, got "
                 f"{type(outputs).__name__}"
             )
+        n = self.members
         for key, value in outputs.items():
             value = torch.as_tensor(value).detach()
-            total = value.double().sum() if value.dim() else value.double()
-            count = value.numel() if value.dim() else 1
+            if n is not None:
+                if value.dim() == 0 or value.shape[0] != n:
+                    raise ValueError(
+                        f"MeanMetrics(members={n}): output {key!r} has shape "
+                        f"{tuple(value.shape)}; an ensemble's eval step returns a leading "
+                        f"member axis of {n} (make_ensemble_eval_step)"
+                    )
+                # Per member: [N] is one value per batch, [N, ...] per-sample values.
+                total = value.double().reshape(n, -1).sum(1)
+                count = value[0].numel() if value.dim() > 1 else 1
+            else:
+                total = value.double().sum() if value.dim() else value.double()
+                count = value.numel() if value.dim() else 1
             self._sums[key] = total if key not in self._sums else self._sums[key] + total
             self._counts[key] = self._counts.get(key, 0) + count
 
@@ -68,8 +103,14 @@ class MeanMetrics(Evaluator):
         (sums and counts are gathered, so a rank may have seen no batch at all). Samples a
         padding sampler (``DefaultSampler(round_up=True)``) repeats count twice; validate
         with ``round_up=False`` for exact dataset means."""
-        values = ScalarHistory.read(self._sums)
-        parts = {k: (v, self._counts[k]) for k, v in values.items()}
+        totals: dict[str, Any] = self._sums
+        numbers = self._counts
+        if self.members is not None:
+            # "acc/i" with the count of "acc" (every member saw the same batches).
+            totals = expand_members(totals, self.members)
+            numbers = {k: self._counts[k.rpartition("/")[0]] for k in totals}
+        values = ScalarHistory.read(totals)
+        parts = {k: (v, numbers[k]) for k, v in values.items()}
         if comm.get_world_size() > 1:
             sums: dict[str, float] = {}
             counts: dict[str, int] = {}

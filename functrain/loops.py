@@ -316,6 +316,10 @@ class _EvalLoop:
             with runner.rng_guard():
                 runner.call(f"before_{mode}")
                 runner.call(f"before_{mode}_epoch")
+                members = getattr(runner, "members", None)
+                if members and isinstance(self.evaluator, MeanMetrics):
+                    if self.evaluator.members is None:
+                        self.evaluator.members = members  # per-member means, "acc/i"
                 if hasattr(self.evaluator, "reset"):
                     self.evaluator.reset()
                 for idx, data_batch in enumerate(self.dataloader):

@@ -252,7 +252,7 @@ class Runner:
         name = f"functrain.runner.{id(self):x}"
         self.run_log = RunLog(lambda: self.work_dir, self.timestamp, log_level, name)
         self._events: list[str] = []  # the events being dispatched, outermost first
-        self._pending_saves: list[tuple[int, Path, bool, Any, Callable[[], None] | None]] = []
+        self._pending_saves: list[tuple[int, Path, bool, Any, Any, Any]] = []
         self.callbacks = _register(default_callbacks, callbacks)
 
     # -- mmengine-style read-only context ----------------------------------------------------
@@ -348,13 +348,14 @@ class Runner:
                     self.state = out
             # Checkpoints requested by this event's callbacks are written now, with the state
             # all of them left (a LOWEST-priority callback's update is not lost).
-            for _, path, save_optimizer, meta, on_saved in self._take_saves(depth):
-                runner_checkpoint.write(self, path, self.state, save_optimizer, meta, on_saved)
+            for _, path, save_optimizer, meta, on_saved, select in self._take_saves(depth):
+                state = select(self.state) if select is not None else self.state
+                runner_checkpoint.write(self, path, state, save_optimizer, meta, on_saved)
         finally:
             self._take_saves(depth)
             self._events.pop()
 
-    def _take_saves(self, depth: int) -> list[tuple[int, Path, bool, Any, Any]]:
+    def _take_saves(self, depth: int) -> list[tuple[int, Path, bool, Any, Any, Any]]:
         """Remove and return the saves requested during the event at ``depth``."""
         taken = [item for item in self._pending_saves if item[0] == depth]
         self._pending_saves = [item for item in self._pending_saves if item[0] != depth]
@@ -415,6 +416,7 @@ class Runner:
         save_optimizer: bool = True,
         meta: Mapping[str, Any] | None = None,
         on_saved: Callable[[], None] | None = None,
+        select: Callable[[TrainState], TrainState] | None = None,
     ) -> Path:
         """Write a checkpoint of the state to ``path`` atomically.
 
@@ -431,12 +433,19 @@ class Runner:
         gathered on every rank, then rank 0 alone runs ``before_save_checkpoint``, writes
         the file and calls ``on_saved()``, and every rank returns only once the file is
         complete (an error while writing is raised on every rank).
+
+        ``select(state) -> state`` picks what is written from that final state (an
+        ensemble's member: ``CheckpointCallback`` writes per-member best checkpoints so).
         """
         path = Path(path)
         if self._events and self._events[-1] != "before_save_checkpoint":
-            self._pending_saves.append((len(self._events), path, save_optimizer, meta, on_saved))
+            self._pending_saves.append(
+                (len(self._events), path, save_optimizer, meta, on_saved, select)
+            )
             return path
         state = self.state if state is None else state
+        if select is not None:
+            state = select(state)
         runner_checkpoint.write(self, path, state, save_optimizer, meta, on_saved)
         return path
 

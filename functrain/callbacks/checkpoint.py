@@ -107,6 +107,18 @@ class CheckpointCallback(Callback):
         greater_keys, less_keys: override mmengine's default key lists.
         filename_tmpl: e.g. ``"ckpt_{}.pth"``; one ``{}`` for the epoch / iteration.
         save_begin: first epoch / iteration counted by ``interval``.
+        members: for an ensemble run (``runner.members`` = N), which best checkpoints
+            ``save_best`` keeps: ``"each"`` (default) one per member, judged on member i's
+            ``"<key>/<i>"`` (``best_acc_member3_epoch_5.pth``), or ``"best"`` only the best
+            member's, judged on the best member's score
+            (``best_acc_epoch_5.pth``, ``meta["member"]`` names it).
+
+    Ensembles: periodic and last checkpoints hold the stacked state (resumed bitwise). A
+    best checkpoint is an ordinary single-run checkpoint of one member
+    (:func:`functrain.member_state`, with its optimizer state, so that ``load_from``,
+    ``Runner(resume=...)`` and ``functrain train --resume`` of a plain run with that
+    member's settings accept it); it holds no callback state (the ensemble's callback
+    state is the ensemble's) and the member's raw weights, not an EMA average.
     """
 
     priority = "VERY_LOW"
@@ -126,7 +138,13 @@ class CheckpointCallback(Callback):
         less_keys: Sequence[str] | str | None = None,
         filename_tmpl: str | None = None,
         save_begin: int = 0,
+        members: str = "each",
     ) -> None:
+        if members not in ("each", "best"):
+            raise ValueError(
+                f'CheckpointCallback: members must be "each" or "best", got {members!r}'
+            )
+        self.members = members
         self.interval = interval
         self.by_epoch = by_epoch
         self.save_optimizer = save_optimizer
@@ -274,7 +292,12 @@ class CheckpointCallback(Callback):
             ckpt_filename = self.filename_tmpl.format(runner.iter)
             cur_type, cur_time = "iter", runner.iter
         if "auto" in self.key_indicators:
-            self._init_rule(self.rules, [next(iter(metrics))])
+            first = next(iter(metrics))
+            if getattr(runner, "members", None):
+                first = first.rpartition("/")[0] or first  # "acc/0" -> "acc"
+            self._init_rule(self.rules, [first])
+        if getattr(runner, "members", None):
+            return self._save_best_members(runner, state, metrics, runner.members, ckpt_filename)
         cs = self._cs(state)
         best_scores = dict(cs.get("best_score", {}))
         best_paths = dict(cs.get("best_ckpt", {}))
@@ -312,3 +335,75 @@ class CheckpointCallback(Callback):
             # Re-save the periodic checkpoint so that it records the new best (mmengine).
             state = self._save_checkpoint_with_step(runner, state, cur_time)
         return state if updated else None
+
+    def _save_best_members(
+        self, runner: Any, state: Any, metrics: dict[str, Any], n: int, ckpt_filename: str
+    ) -> Any:
+        """Best checkpoints of an ensemble: per member (``members="each"``, scores and paths
+        kept under ``"<key>/<i>"``) or of the best member (``"best"``)."""
+        from functrain.callbacks.members import member_key, member_values
+
+        cs = self._cs(state)
+        best_scores = dict(cs.get("best_score", {}))
+        best_paths = dict(cs.get("best_ckpt", {}))
+        labels = getattr(runner, "member_labels", None) or [f"#{i}" for i in range(n)]
+        updated = False
+        assert self.out_dir is not None
+        for key, rule in zip(self.key_indicators, self.rules, strict=True):
+            scores = member_values(metrics, key, n)
+            if scores is None:
+                raise KeyError(
+                    f"save_best: metric {key!r} has no per-member values {key}/0..{key}/{n - 1} "
+                    f"among the validation metrics {sorted(metrics)}"
+                )
+            if self.members == "each":
+                candidates = [(member_key(key, i), i, scores[i]) for i in range(n)]
+            else:
+                finite = [i for i in range(n) if math.isfinite(scores[i])] or list(range(n))
+                pick = max if rule == "greater" else min
+                b = pick(finite, key=lambda i: scores[i])
+                candidates = [(key, b, scores[b])]
+            for slot, i, score in candidates:
+                best = best_scores.get(slot, INIT_VALUE_MAP[rule])
+                if not RULE_MAP[rule](score, best):
+                    continue
+                updated = True
+                best_scores[slot] = score
+                tag = f"_member{i}" if self.members == "each" else ""
+                name = f"best_{key}{tag}_{ckpt_filename}".replace("/", "_")
+                new_path = self.out_dir / name
+                old_path = best_paths.get(slot)
+                best_paths[slot] = str(new_path)
+                if self.members == "best":
+                    cs["best_member"] = {**cs.get("best_member", {}), key: i}
+                cs["best_score"], cs["best_ckpt"] = dict(best_scores), dict(best_paths)
+                state = self.set_state(state, cs)
+
+                def saved(old_path: str | None = old_path, new_path: Path = new_path) -> None:
+                    if old_path and Path(old_path) != new_path and Path(old_path).is_file():
+                        Path(old_path).unlink()
+                        runner.logger.info(f"The previous best checkpoint {old_path} is removed")
+
+                runner.save_checkpoint(
+                    new_path,
+                    state,
+                    save_optimizer=True,
+                    meta={"member": i, "member_label": labels[i]},
+                    on_saved=saved,
+                    select=lambda s, i=i: _member_checkpoint_state(s, i),
+                )
+                runner.logger.info(
+                    f"The best checkpoint of member {i} ({labels[i]}) with {score:0.4f} {key} "
+                    f"is saved to {name}."
+                )
+        if updated and cs.get("last_ckpt") is not None:
+            cur = runner.epoch if self.by_epoch else runner.iter
+            state = self._save_checkpoint_with_step(runner, state, cur)
+        return state if updated else None
+
+
+def _member_checkpoint_state(state: Any, i: int) -> Any:
+    """Member ``i`` of an ensemble state as a plain run's state, without callback state."""
+    from functrain.ensembles import member_state
+
+    return member_state(state.replace(callbacks={}), i)

@@ -8,6 +8,7 @@ from typing import Any
 
 from functrain.callbacks.base import Callback
 from functrain.callbacks.checkpoint import RULE_MAP, infer_rule
+from functrain.callbacks.members import member_values
 
 __all__ = ["EarlyStopping"]
 
@@ -30,6 +31,14 @@ class EarlyStopping(Callback):
         check_finite: stop when the metric is nan or infinite.
         patience: validations without improvement tolerated.
         stopping_threshold: stop as soon as the metric is better than this.
+
+    Ensembles (``runner.members`` = N): each member is judged on its own metric
+    ``"<monitor>/<i>"`` with the rule above (the persistent state holds lists: one best
+    score and wait count per member). A member that stops is frozen from the next train
+    step on: :func:`functrain.stop_members` clears its entry of the ``active_members`` mask
+    in the state, and :func:`functrain.make_ensemble_train_step` keeps its params, buffers
+    and optimizer state bitwise (a ``torch.where`` per member, no host sync per step). The
+    others go on; the run ends (``runner.stop_training``) once every member has stopped.
     """
 
     priority = "LOWEST"
@@ -56,23 +65,69 @@ class EarlyStopping(Callback):
 
     def after_val_epoch(self, runner: Any, state: Any, metrics: Any = None) -> Any:
         metrics = metrics or {}
+        members = getattr(runner, "members", None)
+        if members:
+            return self._members(runner, state, metrics, members)
         if self.monitor not in metrics:
-            if self.strict:
-                raise RuntimeError(
-                    f"Early stopping conditioned on metric `{self.monitor} is not available. "
-                    f"Please check available metrics {metrics}, or set `strict=False` in "
-                    "`EarlyStopping`."
-                )
-            warnings.warn(
-                f"Skip early stopping process since the evaluation results ({metrics.keys()}) "
-                f"do not include `monitor` ({self.monitor}).",
-                stacklevel=2,
-            )
+            self._missing(metrics, self.monitor)
             return None
         cs = dict(self.get_state(state) or {})
         best = cs.get("best_score", -math.inf if self.rule == "greater" else math.inf)
         wait = cs.get("wait_count", 0)
-        score = float(metrics[self.monitor])
+        stop, best, wait, message = self._judge(float(metrics[self.monitor]), best, wait)
+        if stop:
+            runner.stop_training = True
+            runner.logger.info(message)
+        return self.set_state(state, {"best_score": best, "wait_count": wait})
+
+    def _missing(self, metrics: Any, wanted: str) -> None:
+        if self.strict:
+            raise RuntimeError(
+                f"Early stopping conditioned on metric `{wanted} is not available. "
+                f"Please check available metrics {metrics}, or set `strict=False` in "
+                "`EarlyStopping`."
+            )
+        warnings.warn(
+            f"Skip early stopping process since the evaluation results ({metrics.keys()}) "
+            f"do not include `monitor` ({wanted}).",
+            stacklevel=3,
+        )
+
+    def _members(self, runner: Any, state: Any, metrics: Any, n: int) -> Any:
+        """Per member: member i's ``"<monitor>/<i>"`` judged as a single run's metric; a
+        member that stops is frozen from the next step on (:func:`functrain.stop_members`);
+        the run stops once every member has stopped (here or by another callback)."""
+        from functrain.ensembles import stop_members, stopped_members
+
+        scores = member_values(metrics, self.monitor, n)
+        if scores is None:
+            self._missing(metrics, f"{self.monitor}/<member>")
+            return None
+        init = -math.inf if self.rule == "greater" else math.inf
+        cs = dict(self.get_state(state) or {})
+        best = list(cs.get("best_score", [init] * n))
+        wait = list(cs.get("wait_count", [0] * n))
+        # Members stopped before (by this callback or another, e.g. TerminateOnNaN): read
+        # from the mask once per validation, which synchronises anyway.
+        already = set(stopped_members(state))
+        newly = []
+        labels = getattr(runner, "member_labels", None) or [f"#{i}" for i in range(n)]
+        for i, score in enumerate(scores):
+            if i in already:
+                continue
+            stop, best[i], wait[i], message = self._judge(score, best[i], wait[i])
+            if stop:
+                newly.append(i)
+                runner.logger.info(f"member {i} ({labels[i]}) stops: {message}")
+        if newly:
+            state = stop_members(state, newly, n)
+        if len(already) + len(newly) == n:
+            runner.stop_training = True
+            runner.logger.info("every member has stopped: training ends")
+        return self.set_state(state, {"best_score": best, "wait_count": wait})
+
+    def _judge(self, score: float, best: float, wait: int) -> tuple[bool, float, int, str]:
+        """mmengine's decision for one score: ``(stop, best, wait, message)``."""
         compare = RULE_MAP[self.rule]
         stop, message = False, ""
         if self.check_finite and not math.isfinite(score):
@@ -98,7 +153,4 @@ class EarlyStopping(Callback):
                 )
         else:
             best, wait = score, 0
-        if stop:
-            runner.stop_training = True
-            runner.logger.info(message)
-        return self.set_state(state, {"best_score": best, "wait_count": wait})
+        return stop, best, wait, message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,22 +36,32 @@ class EMA(Callback):
         update_buffers: also average floating buffers (BatchNorm statistics); otherwise the
             buffers used with the average are the model's own.
         swap_checkpoint: store the average as the checkpoint's ``params``.
+
+    Ensembles: the average is stacked like the params (one average per member, the same
+    ``_foreach_lerp_``). ``momentum`` may be a sequence of N values, one per member
+    (``runner.members`` must be N); member i's average is then bitwise what ``EMA(momentum
+    = momentum[i])`` keeps for member i's params.
     """
 
     priority = "NORMAL"
 
     def __init__(
         self,
-        momentum: float = 0.0002,
+        momentum: float | Sequence[float] = 0.0002,
         interval: int = 1,
         begin_iter: int = 0,
         begin_epoch: int = 0,
         update_buffers: bool = False,
         swap_checkpoint: bool = True,
     ) -> None:
-        if not 0.0 < momentum < 1.0:
-            raise ValueError(f"momentum must be in range (0.0, 1.0) but got {momentum}")
-        if momentum > 0.5:
+        per_member = not isinstance(momentum, int | float)
+        values = [float(m) for m in momentum] if per_member else [float(momentum)]  # type: ignore[union-attr]
+        if per_member and not values:
+            raise ValueError("EMA: momentum is an empty sequence; give one value per member")
+        bad = [m for m in values if not 0.0 < m < 1.0]
+        if bad:
+            raise ValueError(f"momentum must be in range (0.0, 1.0) but got {bad[0]}")
+        if max(values) > 0.5:
             warnings.warn(
                 "The value of momentum in EMA is usually a small number, which is different "
                 f"from the conventional notion of momentum but got {momentum}.",
@@ -62,7 +73,8 @@ class EMA(Callback):
             raise ValueError("begin_iter and begin_epoch must be >= 0")
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
-        self.momentum = float(momentum)
+        self.momentum: float | list[float] = values if per_member else values[0]
+        self._weights: list[torch.Tensor] | None = None  # per-member momentum, per leaf
         self.interval = interval
         self.begin_iter = begin_iter
         self.begin_epoch = begin_epoch
@@ -82,6 +94,14 @@ class EMA(Callback):
             raise ValueError(
                 f"begin_iter ({self.begin_iter}) must be <= max_iters ({runner.max_iters})"
             )
+        self._weights = None
+        if isinstance(self.momentum, list):
+            members = getattr(runner, "members", None)
+            if members != len(self.momentum):
+                raise ValueError(
+                    f"EMA: momentum has {len(self.momentum)} values (one per member), but the "
+                    f"run has members={members}"
+                )
         if self.get_state(state) is not None:
             return None  # resumed
         ema: dict[str, Any] = {
@@ -111,8 +131,23 @@ class EMA(Callback):
         if steps == 0:
             torch._foreach_copy_(avg, src)
         elif steps % self.interval == 0:
-            torch._foreach_lerp_(avg, src, self.momentum)
+            if isinstance(self.momentum, list):
+                if self._weights is None:
+                    self._weights = self._member_weights(avg, self.momentum)
+                torch._foreach_lerp_(avg, src, self._weights)
+            else:
+                torch._foreach_lerp_(avg, src, self.momentum)
         return self.set_state(state, {**ema, "steps": steps + 1})
+
+    @staticmethod
+    def _member_weights(avg: list[torch.Tensor], momentum: list[float]) -> list[torch.Tensor]:
+        """One weight tensor per leaf, ``[N, 1, ...]``: member i's momentum on its slice
+        (made once, on the leaves' devices and dtypes)."""
+        n = len(momentum)
+        return [
+            torch.tensor(momentum, dtype=a.dtype, device=a.device).view(n, *([1] * (a.dim() - 1)))
+            for a in avg
+        ]
 
     # -- swapping ------------------------------------------------------------------------------
     def _swap(self, state: Any) -> Any:

@@ -106,15 +106,18 @@ class ScalarHistory:
 
     def mean(self, key: str, window: int | None = None) -> Any:
         """Mean of the last ``window`` values (all kept values when ``None``); a tensor when
-        the values are tensors (no host sync), else a float."""
+        the values are tensors (no host sync), else a float. Values of shape ``[N]`` (one per
+        ensemble member) average element by element: the mean is ``[N]`` too."""
         items = self.values(key, window)
         if not items:
             raise KeyError(f"no values recorded for {key!r}")
         if any(isinstance(v, Tensor) for v in items):
             device = next(v.device for v in items if isinstance(v, Tensor))
+            shape = next(v.shape for v in items if isinstance(v, Tensor))
+            shape = shape if len(shape) == 1 else ()  # per member, or one scalar
             return torch.stack(
-                [torch.as_tensor(v, device=device).float().reshape(()) for v in items]
-            ).mean()
+                [torch.as_tensor(v, device=device).float().reshape(shape) for v in items]
+            ).mean(0)
         return sum(float(v) for v in items) / len(items)
 
     @staticmethod

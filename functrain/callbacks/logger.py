@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 from functrain.callbacks.base import Callback, ScalarHistory
+from functrain.callbacks.checkpoint import infer_rule
+from functrain.callbacks.members import expand_members, split_members, summary
 from functrain.ranks import is_main_process
 from functrain.transforms.state_path import get as get_at
 from functrain.transforms.state_values import hyperparameter_paths
@@ -59,6 +62,13 @@ class Logger(Callback):
         log_metric_by_epoch: the ``step`` of validation records is the epoch (else the
             iteration), as mmengine.
         num_digits: digits after the decimal point.
+
+    Ensembles (``runner.members`` = N): a value with one entry per member (the step's
+    ``[N]`` losses, per-member ``lr`` and ``grad_norm``, validation metrics ``acc/i``) is
+    written to ``scalars.json`` / TensorBoard / ``runner.log_records`` as ``"<name>/<i>"``
+    for every member; the terminal line stays one line: ``loss[min/med/max]: a/b/c`` per
+    value and ``best: #i (label) loss: x`` (the lowest loss; after validation the best by
+    the first metric whose rule mmengine infers). Still one host transfer per line.
     """
 
     priority = "BELOW_NORMAL"
@@ -151,6 +161,9 @@ class Logger(Callback):
                 values[name] = history.mean(key, self.window_size)
             else:
                 values[name] = history.current(key)
+        members = getattr(runner, "members", None)
+        if members:
+            values = expand_members(values, members)  # [N] values -> "name/i" entries
         scalars = ScalarHistory.read(values)  # the one host transfer of this line
         by_epoch = getattr(runner.train_loop, "by_epoch", True)
         if by_epoch:
@@ -160,13 +173,18 @@ class Logger(Callback):
             width = len(str(runner.max_iters))
             head = f"Iter(train) [{runner.iter + 1:>{width}}/{runner.max_iters}]"
         parts = [head]
-        if "lr" in scalars:
-            parts.append(f"lr: {scalars['lr']:.{self.num_digits}e}")
+        if members:
+            shared, per = split_members(scalars, members)
+        else:
+            shared, per = scalars, {}
+        if "lr" in shared:
+            parts.append(f"lr: {shared['lr']:.{self.num_digits}e}")
         eta = runner.history.info.get("eta")
         if eta is not None:
             parts.append(f"eta: {datetime.timedelta(seconds=int(eta))}")
-        order = ["time", "data_time"] + [k for k in scalars if k not in ("lr", "time", "data_time")]
-        parts += [f"{k}: {_fmt(scalars[k], self.num_digits)}" for k in order if k in scalars]
+        order = ["time", "data_time"] + [k for k in shared if k not in ("lr", "time", "data_time")]
+        parts += [f"{k}: {_fmt(shared[k], self.num_digits)}" for k in order if k in shared]
+        parts += self._member_parts(runner, per, "less", "loss")
         runner.logger.info("  ".join(parts))
         record = dict(scalars)
         if by_epoch:
@@ -229,13 +247,45 @@ class Logger(Callback):
             head = f"Epoch({mode}) [{runner.epoch}][{n}/{n}]"
         else:
             head = f"Iter({mode}) [{n}/{n}]"
-        runner.logger.info(
-            "  ".join([head] + [f"{k}: {_fmt(v, self.num_digits)}" for k, v in values.items()])
-        )
+        members = getattr(runner, "members", None)
+        shared, per = split_members(values, members) if members else (values, {})
+        parts = [head] + [f"{k}: {_fmt(v, self.num_digits)}" for k, v in shared.items()]
+        parts += self._member_parts(runner, per, None, None)
+        runner.logger.info("  ".join(parts))
         record = dict(values)
         if mode == "val":
             record["step"] = runner.epoch if self.log_metric_by_epoch else runner.iter
         self._write(mode, record, runner)
+
+    def _member_parts(
+        self, runner: Any, per: dict[str, list[float]], rule: str | None, like: str | None
+    ) -> list[str]:
+        """The terminal words for per-member values: ``name[min/med/max]: a/b/c`` each,
+        then the best member by the first value whose rule is known (``like`` in its name
+        with ``rule``; else mmengine's inference: ``acc`` greater, ``loss`` less)."""
+        if not per:
+            return []
+        digits = self.num_digits
+        parts = [f"{k}[min/med/max]: {summary(v, digits, _fmt)}" for k, v in per.items()]
+        for name, vals in per.items():
+            if like is not None:
+                if like not in name:
+                    continue
+                r = rule
+            else:
+                try:
+                    r = infer_rule(name)
+                except ValueError:
+                    continue
+            finite = [(x, i) for i, x in enumerate(vals) if math.isfinite(x)]
+            if not finite:
+                continue
+            best, i = max(finite) if r == "greater" else min(finite)
+            labels = getattr(runner, "member_labels", None) or []
+            label = f" ({labels[i]})" if i < len(labels) else ""
+            parts.append(f"best: #{i}{label} {name}: {_fmt(best, digits)}")
+            break
+        return parts
 
     # -- outputs -----------------------------------------------------------------------------
     def _write(self, mode: str, record: dict[str, Any], runner: Any) -> None:

@@ -8,42 +8,91 @@ from typing import Any
 from functrain.callbacks.base import Callback
 from functrain.ranks import is_main_process
 
-__all__ = ["CurvesPlot", "plot_curves"]
+__all__ = ["CurvesPlot", "curve_panels", "plot_curves"]
 
 
-def plot_curves(records: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+Series = tuple[str, list[Any], list[Any]]  # (legend label, steps, values)
+Panel = tuple[str, list[Series], str]  # (title, series, x label)
+
+
+def curve_panels(
+    records: list[dict[str, Any]],
+    *,
+    members: int | None = None,
+    labels: list[str] | None = None,
+) -> list[Panel]:
+    """What :func:`plot_curves` draws: ``[(title, [(label, steps, values), ...], xlabel)]``.
+
+    A plain run: one panel for the training losses, one for the learning rate, one per
+    validation metric. An ensemble (``members`` = N; records hold ``"<name>/<i>"``): one
+    panel per loss, the learning rate and each validation metric, each with one curve per
+    member, labelled ``labels[i]`` (default ``"#i"``).
+    """
+    from functrain.callbacks.members import split_members
+
+    train = [r for r in records if r.get("mode") == "train"]
+    val = [r for r in records if r.get("mode") == "val"]
+    skip = ("mode", "step", "epoch", "iter", "time", "data_time")
+
+    def series(rows: list[dict[str, Any]], key: str, label: str) -> Series:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        return (label, [x for x, _ in pts], [y for _, y in pts])
+
+    panels: list[Panel] = []
+    if members:
+        names = labels or [f"#{i}" for i in range(members)]
+
+        def per_member(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+            shared: dict[str, None] = {}
+            per: dict[str, None] = {}
+            for r in rows:
+                sh, pm = split_members({k: 0.0 for k in r if k not in skip}, members)
+                shared.update(dict.fromkeys(sh))
+                per.update(dict.fromkeys(pm))
+            return sorted(shared), sorted(per)
+
+        t_shared, t_per = per_member(train)
+        for k in [k for k in t_per if "loss" in k] + (["lr"] if "lr" in t_per else []):
+            title = "learning rate" if k == "lr" else f"train {k}"
+            panels.append(
+                (title, [series(train, f"{k}/{i}", names[i]) for i in range(members)], "iteration")
+            )
+        if "lr" in t_shared:
+            panels.append(("learning rate", [series(train, "lr", "lr")], "iteration"))
+        _, v_per = per_member(val)
+        for k in v_per:
+            panels.append(
+                (f"val {k}", [series(val, f"{k}/{i}", names[i]) for i in range(members)], "epoch")
+            )
+        return panels
+    loss_keys = sorted({k for r in train for k in r if "loss" in k})
+    val_keys = sorted({k for r in val for k in r if k not in skip})
+    if loss_keys:
+        panels.append(("train loss", [series(train, k, k) for k in loss_keys], "iteration"))
+    if any("lr" in r for r in train):
+        panels.append(("learning rate", [series(train, "lr", "lr")], "iteration"))
+    for k in val_keys:
+        panels.append((f"val {k}", [series(val, k, k)], "epoch"))
+    return panels
+
+
+def plot_curves(
+    records: list[dict[str, Any]],
+    path: str | Path,
+    *,
+    title: str = "",
+    members: int | None = None,
+    labels: list[str] | None = None,
+) -> Path:
     """Plot logged ``records`` (``runner.log_records``: dicts with ``mode`` and ``step``) to
-    ``path``: one panel for the training losses, one for the learning rate, one per
-    validation metric. Needs matplotlib (``pip install functrain[plot]``)."""
+    ``path``: the panels of :func:`curve_panels` (for an ensemble, one curve per member with
+    a legend of ``labels``). Needs matplotlib (``pip install functrain[plot]``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in records if r.get("mode") == "train"]
-    val = [r for r in records if r.get("mode") == "val"]
-    loss_keys = sorted({k for r in train for k in r if "loss" in k})
-    val_keys = sorted({k for r in val for k in r if k not in ("mode", "step", "time", "data_time")})
-    panels: list[tuple[str, list[tuple[str, list[Any], list[Any]]], str]] = []
-    if loss_keys:
-        panels.append(
-            (
-                "train loss",
-                [
-                    (k, [r["step"] for r in train if k in r], [r[k] for r in train if k in r])
-                    for k in loss_keys
-                ],
-                "iteration",
-            )
-        )
-    if any("lr" in r for r in train):
-        lr = [(r["step"], r["lr"]) for r in train if "lr" in r]
-        panels.append(
-            ("learning rate", [("lr", [s for s, _ in lr], [v for _, v in lr])], "iteration")
-        )
-    for k in val_keys:
-        pts = [(r["step"], r[k]) for r in val if k in r]
-        panels.append((f"val {k}", [(k, [s for s, _ in pts], [v for _, v in pts])], "epoch"))
+    panels = curve_panels(records, members=members, labels=labels)
     if not panels:
         raise ValueError("plot_curves: no logged records to plot")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
@@ -69,6 +118,9 @@ class CurvesPlot(Callback):
     losses, learning rate, validation metrics) to ``runner.work_dir / filename`` (on rank 0
     only under ``torch.distributed``).
 
+    Ensembles (``runner.members`` = N): one curve per member in every panel, the legend
+    naming each member by ``runner.member_labels``; ``self.panels`` keeps the data drawn.
+
     Args:
         filename: the PNG's name.
         title: figure title (default: the experiment name).
@@ -80,6 +132,7 @@ class CurvesPlot(Callback):
         self.filename = filename
         self.title = title
         self.path: Path | None = None
+        self.panels: list[Panel] = []  # what was drawn (see curve_panels)
 
     def after_train(self, runner: Any, state: Any) -> None:
         if not is_main_process():
@@ -87,9 +140,14 @@ class CurvesPlot(Callback):
         if not runner.log_records:
             runner.logger.warning("CurvesPlot: nothing was logged; no plot written")
             return
+        members = getattr(runner, "members", None)
+        labels = getattr(runner, "member_labels", None)
+        self.panels = curve_panels(runner.log_records, members=members, labels=labels)
         self.path = plot_curves(
             runner.log_records,
             Path(runner.work_dir) / self.filename,
             title=self.title if self.title is not None else runner.experiment_name,
+            members=members,
+            labels=labels,
         )
         runner.logger.info(f"curves written to {self.path}")

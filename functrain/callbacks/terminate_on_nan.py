@@ -21,6 +21,15 @@ The callback stands aside when the optimizer chain handles non-finite steps itse
 :func:`functrain.apply_if_finite` or :func:`functrain.loss_scaling` state inside
 ``state.opt_state`` (checked at ``before_train``).
 
+Ensembles (``runner.members`` = N): the step's loss has one value per member. A member
+whose loss is not finite is stopped, like a member that stops early (its entry of the
+``active_members`` mask is cleared, :func:`functrain.stop_members`, so its weights stay as
+they were at the check), a warning names it and its label, and the other members train on:
+one diverging learning rate does not end a sweep. The run raises
+:class:`NonFiniteLossError` only when every member has gone non-finite. Checks happen at
+the intervals and epoch ends (not before each checkpoint: a checkpoint may hold a member
+that went non-finite since the last check; it is stopped at the next check).
+
 Turning it off: ``Runner(default_callbacks={"terminate_on_nan": None})`` in code,
 ``default_hooks=dict(terminate_on_nan=None)`` in a config (where
 ``dict(type='TerminateOnNaN', interval=1)`` configures it).
@@ -30,6 +39,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
 
 from functrain.callbacks.base import Callback
 from functrain.callbacks.history import ScalarHistory
@@ -108,10 +119,12 @@ class TerminateOnNaN(Callback):
         self._active = True
         self._pending: list[tuple[int, Any]] = []  # (runner.iter, loss) since the last check
         self._last_finite: tuple[int, float] | None = None
+        self._bad_members: dict[int, tuple[int, float]] = {}  # member -> (iter, loss)
 
     def before_train(self, runner: Any, state: Any) -> None:
         """Reset; decide the interval and whether the chain already handles bad steps."""
         self._pending, self._last_finite = [], None
+        self._bad_members: dict[int, tuple[int, float]] = {}
         self._active = not handles_non_finite(state.opt_state)
         logger = runner.callbacks.get("logger") if "logger" in runner.callbacks else None
         self._every = self.interval or getattr(logger, "interval", None) or 10
@@ -127,18 +140,64 @@ class TerminateOnNaN(Callback):
         """Keep this step's loss; check the kept ones every ``interval`` iterations."""
         loss = outputs.get(self.key) if self._active and outputs is not None else None
         if loss is None:
-            return
+            return None
         self._pending.append((runner.iter, loss))
         if self.every_n_inner_iters(batch_idx, self._every):
-            self._check(runner.iter)
+            return self._check_run(runner, state, runner.iter)
+        return None
 
-    def after_train_epoch(self, runner: Any, state: Any) -> None:
+    def after_train_epoch(self, runner: Any, state: Any) -> Any:
         """Check the losses kept since the last check."""
-        self._check(runner.iter - 1)
+        return self._check_run(runner, state, runner.iter - 1)
 
     def before_save_checkpoint(self, runner: Any, state: Any, checkpoint: Any) -> None:
-        """Never write a checkpoint of weights trained on a non-finite loss."""
-        self._check(runner.iter)
+        """Never write a checkpoint of weights trained on a non-finite loss (a plain run;
+        an ensemble's members are checked at the intervals and epoch ends only)."""
+        if not getattr(runner, "members", None):
+            self._check(runner.iter)
+
+    def _check_run(self, runner: Any, state: Any, now: int) -> Any:
+        members = getattr(runner, "members", None)
+        if members:
+            return self._check_members(runner, state, now, members)
+        self._check(now)
+        return None
+
+    def _check_members(self, runner: Any, state: Any, now: int, n: int) -> Any:
+        """Ensembles: one transfer for the window's ``[N]`` losses; a member whose loss is
+        not finite is stopped (:func:`functrain.stop_members`: frozen from the next step,
+        with the weights it had then, as early stopping freezes one) and named in a
+        warning; the others train on. When every member has gone non-finite the run
+        raises :class:`NonFiniteLossError` (for the first one); when the last active member
+        goes non-finite after others stopped early, the run ends (``stop_training``)."""
+        from functrain.ensembles import stop_members, stopped_members
+
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        rows = torch.stack([v.detach().double().reshape(n) for _, v in pending]).tolist()
+        bad: dict[int, tuple[int, float]] = {}
+        for (iteration, _), row in zip(pending, rows, strict=True):
+            for i, value in enumerate(row):
+                if i not in self._bad_members and i not in bad and not math.isfinite(value):
+                    bad[i] = (iteration, value)
+        if not bad:
+            return None
+        labels = getattr(runner, "member_labels", None) or [f"#{i}" for i in range(n)]
+        for i, (iteration, value) in sorted(bad.items()):
+            runner.logger.warning(
+                f"member {i} ({labels[i]}): the loss is {value} at iteration {iteration} "
+                f"(found by the check at iteration {max(now, iteration)}); the member is "
+                "stopped, the others train on"
+            )
+        self._bad_members.update(bad)
+        if len(self._bad_members) == n:
+            first = min(self._bad_members.items(), key=lambda kv: kv[1][0])
+            raise NonFiniteLossError(first[1][0], first[1][1], None, None, now)
+        state = stop_members(state, list(bad), n)
+        if len(stopped_members(state)) == n:
+            runner.stop_training = True
+        return state
 
     def _check(self, now: int) -> None:
         if not self._pending:
