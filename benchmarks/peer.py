@@ -1,7 +1,8 @@
 """functrain against its peer: ``runner.train()`` time of mmengine 0.10.7's ``Runner`` and of
 functrain's (what ``functrain train CONFIG`` runs) on every example config.
 
-What is measured: the wall time of ``runner.train()`` (the training loop, including the lazy
+What is measured: the wall time (``--clock cpu``: the worker's CPU time) of
+``runner.train()`` (the training loop, including the lazy
 setup each runner does inside ``train()``; process start, imports and the runner's
 construction are excluded), training only. Both sides get the same config with the same
 overrides: ``train_cfg.max_epochs = --epochs`` (an iteration-based config gets ``max_iters =
@@ -15,6 +16,13 @@ restarting an ``InfiniteSampler`` iterator patched out, and, unless ``--fused``,
 default (foreach) optimizer kernels, which is what a user of the config gets; ``--fused``
 gives it ``fused=True`` as in the parity test.
 
+One cost sits on one side only: mmengine's ``train()`` builds its ``torch.optim`` optimizer,
+whose ``add_param_group`` (wrapped by ``torch._disable_dynamo``) imports ``torch._dynamo``,
+about 1.5 s on this project's CPU machine; functrain's default step (``grad="auto"``, the
+fused or foreach update) never imports it. That is each runner's own startup and is counted
+by default; ``--warm-imports`` imports ``torch._dynamo`` in both workers before the runner is
+built, which leaves the per-iteration costs to compare.
+
 Every run is a fresh subprocess (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``), so
 neither side inherits the other's allocator, caches or registries; the rounds alternate
 mmengine, functrain, mmengine, ... and the table prints each side's median over the rounds
@@ -24,8 +32,11 @@ cannot run (functrain-only hooks or visualizers) are listed as skipped with the 
 Usage (from the repository root)::
 
     python benchmarks/peer.py [--epochs 20] [--rounds 5] [--configs digits_adamw ...] [--fused]
+                              [--warm-imports] [--clock wall|cpu]
 
-Timings are only meaningful on an otherwise idle machine (see README, Performance).
+Wall timings are only meaningful on an otherwise idle machine (see README, Performance); on a
+shared one, ``--clock cpu`` is steadier (the runs are single-threaded, so CPU time is the
+wall time an idle machine would show, up to cache and memory-bandwidth contention).
 """
 
 from __future__ import annotations
@@ -82,12 +93,14 @@ def _config(name: str, epochs: int) -> dict[str, Any]:
     return cfg
 
 
-def _worker(side: str, name: str, epochs: int, fused: bool) -> float:
+def _worker(side: str, name: str, epochs: int, fused: bool, warm: bool = False) -> dict[str, float]:
     """One timed ``runner.train()`` of ``side`` ('mmengine' or 'functrain') on config ``name``,
-    in this process; returns seconds."""
+    in this process; returns ``{"wall": seconds, "cpu": this process's CPU seconds}``."""
     import torch
 
     torch.set_num_threads(1)
+    if warm:
+        import torch._dynamo  # noqa: F401  (see --warm-imports in the module docstring)
     sys.path.insert(0, str(ROOT))  # custom_imports name examples.configs.my_project...
     cfg = _config(name, epochs)
     with tempfile.TemporaryDirectory() as work_dir:
@@ -110,17 +123,19 @@ def _worker(side: str, name: str, epochs: int, fused: bool) -> float:
             from functrain.config import build_runner
 
             runner = build_runner(cfg, work_dir=work_dir, device="cpu").runner
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         runner.train()
-        return time.perf_counter() - start
+        return {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
 
-def _run(side: str, name: str, epochs: int, fused: bool) -> float:
-    """``_worker`` in a fresh subprocess with one OpenMP thread."""
+def _run(
+    side: str, name: str, epochs: int, fused: bool, warm: bool = False, clock: str = "wall"
+) -> float:
+    """``_worker`` in a fresh subprocess with one OpenMP thread; its ``clock`` seconds."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     argv = [sys.executable, __file__, "--worker", side, name, "--epochs", str(epochs)]
     out = subprocess.run(
-        argv + (["--fused"] if fused else []),
+        argv + (["--fused"] if fused else []) + (["--warm-imports"] if warm else []),
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -128,7 +143,7 @@ def _run(side: str, name: str, epochs: int, fused: bool) -> float:
     )
     if out.returncode != 0:
         raise RuntimeError(f"{side} on {name} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    return json.loads(out.stdout.strip().splitlines()[-1])[clock]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,11 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--configs", nargs="+", help="config names (default: all)")
     parser.add_argument("--fused", action="store_true", help="fused=True on the mmengine side")
+    parser.add_argument(
+        "--warm-imports",
+        action="store_true",
+        help="import torch._dynamo in both workers before timing (mmengine's optimizer "
+        "imports it inside train(); functrain does not)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (default); cpu: the worker's CPU time (time.process_time), "
+        "which other processes on a shared machine disturb far less",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        seconds = _worker(*args.worker, args.epochs, args.fused)
-        print(json.dumps({"seconds": seconds}))
+        print(json.dumps(_worker(*args.worker, args.epochs, args.fused, args.warm_imports)))
         return 0
 
     available = sorted(p.stem for p in CONFIGS.glob("digits_*.py"))
@@ -152,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown config(s) {unknown}; choose from {available}")
     print(
         f"runner.train(), {args.epochs} epochs, training only; median of {args.rounds} rounds "
-        f"(mmengine {'fused' if args.fused else 'default'} kernels); load {os.getloadavg()}"
+        f"(mmengine {'fused' if args.fused else 'default'} kernels"
+        f"{'; torch._dynamo imported beforehand' if args.warm_imports else ''}); "
+        f"{args.clock} clock; load {os.getloadavg()}"
     )
     print(f"{'config':<28} {'mmengine s':>10} {'functrain s':>11} {'ratio':>6}")
     for name in names:
@@ -162,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {"mmengine": [], "functrain": []}
         for _ in range(args.rounds):
             for side in times:  # alternating: mmengine, functrain, mmengine, ...
-                times[side].append(_run(side, name, args.epochs, args.fused))
+                times[side].append(
+                    _run(side, name, args.epochs, args.fused, args.warm_imports, args.clock)
+                )
         mm, ft = (statistics.median(times[s]) for s in ("mmengine", "functrain"))
         note = f"  ({NOTES[name]})" if name in NOTES else ""
         print(f"{name:<28} {mm:>10.3f} {ft:>11.3f} {ft / mm:>6.2f}{note}", flush=True)

@@ -357,6 +357,8 @@ class Runner:
 
     def _take_saves(self, depth: int) -> list[tuple[int, Path, bool, Any, Any, Any]]:
         """Remove and return the saves requested during the event at ``depth``."""
+        if not self._pending_saves:  # nearly every event: nothing to write
+            return []
         taken = [item for item in self._pending_saves if item[0] == depth]
         self._pending_saves = [item for item in self._pending_saves if item[0] != depth]
         return taken
