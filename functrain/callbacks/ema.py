@@ -39,8 +39,9 @@ class EMA(Callback):
 
     Ensembles: the average is stacked like the params (one average per member, the same
     ``_foreach_lerp_``). ``momentum`` may be a sequence of N values, one per member
-    (``runner.members`` must be N); member i's average is then bitwise what ``EMA(momentum
-    = momentum[i])`` keeps for member i's params.
+    (``runner.members`` must be N); member i's average is then what ``EMA(momentum =
+    momentum[i])`` keeps for member i's params (one ``_foreach_lerp_`` with a weight tensor
+    of shape ``[N, 1, ...]`` per leaf; the same lerp per element).
     """
 
     priority = "NORMAL"
