@@ -416,3 +416,50 @@ def test_mean_metrics_per_member():
     assert math.isclose(got["acc/0"], 2 / 3)
     with pytest.raises(ValueError, match="leading member axis of 2"):
         m.process({"acc": torch.ones(3)})
+
+
+def test_reduce_on_plateau_per_member(tmp_path):
+    """One plateau per member on its own val loss (threshold 0.3 relative: members stop
+    "improving" at different epochs), the lr written per member; each member equals its
+    own run with the same callback (lrs per epoch exactly, params within TOL)."""
+    from functrain.callbacks import ReduceOnPlateauCallback
+    from functrain.schedules import ReduceOnPlateau
+
+    def plateau():
+        return ReduceOnPlateauCallback(
+            ReduceOnPlateau(monitor="loss", patience=0, factor=0.5, threshold=0.3)
+        )
+
+    class RecordLr(Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def after_train_epoch(self, runner, state):
+            self.lrs.append(ft.values_in_force(state.opt_state)["lr"].tolist())
+
+    rec = RecordLr()
+    final = ensemble_runner(tmp_path / "ens", callbacks=[plateau(), rec], epochs=4).train()
+    assert len({tuple(r) for r in rec.lrs}) > 1  # some member's lr was reduced
+    for i in range(N):
+        ref_rec = RecordLr()
+        ref = plain_runner(tmp_path / f"m{i}", i, callbacks=[plateau(), ref_rec], epochs=4)
+        ref_final = ref.train()
+        assert [r[i] for r in rec.lrs] == ref_rec.lrs
+        for k, v in ref_final.params.items():
+            assert close(final.params[k][i], v), (i, k)
+    # A scalar lr shared by the members cannot take N values: refused before training.
+    with pytest.raises(ValueError, match="one value per member"):
+        params, buffers, model = ft.init_members(make_model, SEEDS)
+        tx = ft.ensemble(inner_tx(0.01), N)
+        state = ft.TrainState(params=params, buffers=buffers, opt_state=tx.init(params))
+        train, val = loaders()
+        Runner(
+            state=state,
+            train_step=ft.make_ensemble_train_step(model, loss_fn, tx, N),
+            train_loop=EpochBasedTrainLoop(train, max_epochs=1),
+            val_loop=ValLoop(val, ft.make_ensemble_eval_step(model, metrics_fn, N)),
+            callbacks=[plateau()],
+            default_callbacks={"checkpoint": None},
+            work_dir=tmp_path / "scalar",
+            log_level="WARNING",
+        ).train()
