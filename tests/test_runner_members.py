@@ -463,3 +463,18 @@ def test_reduce_on_plateau_per_member(tmp_path):
             work_dir=tmp_path / "scalar",
             log_level="WARNING",
         ).train()
+
+
+def test_readme_runner_with_members_runs_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first = re.search(r"## Ensembles and sweeps\n.*?```python\n(.*?)```", text, re.S).group(1)
+    runner = re.search(r"### Runner with members\n.*?```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(first + runner, "README.md", "exec"), namespace)
+    metrics = namespace["runner"].last_val_metrics
+    assert sorted(metrics) == [f"acc/{i}" for i in range(4)]
+    assert (namespace["runner"].work_dir / "curves.png").is_file()
