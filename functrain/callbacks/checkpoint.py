@@ -341,7 +341,7 @@ class CheckpointCallback(Callback):
     ) -> Any:
         """Best checkpoints of an ensemble: per member (``members="each"``, scores and paths
         kept under ``"<key>/<i>"``) or of the best member (``"best"``)."""
-        from functrain.callbacks.members import member_key, member_values
+        from functrain.callbacks.members import describe, member_key, member_values
 
         cs = self._cs(state)
         best_scores = dict(cs.get("best_score", {}))
@@ -393,8 +393,8 @@ class CheckpointCallback(Callback):
                     select=lambda s, i=i: _member_checkpoint_state(s, i),
                 )
                 runner.logger.info(
-                    f"The best checkpoint of member {i} ({labels[i]}) with {score:0.4f} {key} "
-                    f"is saved to {name}."
+                    f"The best checkpoint of member {describe(runner, i)} with {score:0.4f} "
+                    f"{key} is saved to {name}."
                 )
         if updated and cs.get("last_ckpt") is not None:
             cur = runner.epoch if self.by_epoch else runner.iter

@@ -8,7 +8,7 @@ from typing import Any
 
 from functrain.callbacks.base import Callback
 from functrain.callbacks.checkpoint import RULE_MAP, infer_rule
-from functrain.callbacks.members import member_values
+from functrain.callbacks.members import describe, member_values
 
 __all__ = ["EarlyStopping"]
 
@@ -111,14 +111,13 @@ class EarlyStopping(Callback):
         # from the mask once per validation, which synchronises anyway.
         already = set(stopped_members(state))
         newly = []
-        labels = getattr(runner, "member_labels", None) or [f"#{i}" for i in range(n)]
         for i, score in enumerate(scores):
             if i in already:
                 continue
             stop, best[i], wait[i], message = self._judge(score, best[i], wait[i])
             if stop:
                 newly.append(i)
-                runner.logger.info(f"member {i} ({labels[i]}) stops: {message}")
+                runner.logger.info(f"member {describe(runner, i)} stops: {message}")
         if newly:
             state = stop_members(state, newly, n)
         if len(already) + len(newly) == n:

@@ -31,7 +31,7 @@ from typing import Any
 
 from functrain.callbacks.base import Callback, ScalarHistory
 from functrain.callbacks.checkpoint import infer_rule
-from functrain.callbacks.members import expand_members, split_members, summary
+from functrain.callbacks.members import describe, expand_members, split_members, summary
 from functrain.ranks import is_main_process
 from functrain.transforms.state_path import get as get_at
 from functrain.transforms.state_values import hyperparameter_paths
@@ -281,9 +281,7 @@ class Logger(Callback):
             if not finite:
                 continue
             best, i = max(finite) if r == "greater" else min(finite)
-            labels = getattr(runner, "member_labels", None) or []
-            label = f" ({labels[i]})" if i < len(labels) else ""
-            parts.append(f"best: #{i}{label} {name}: {_fmt(best, digits)}")
+            parts.append(f"best: {describe(runner, i)} {name}: {_fmt(best, digits)}")
             break
         return parts
 

@@ -21,7 +21,14 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["expand_members", "member_key", "member_values", "split_members", "summary"]
+__all__ = [
+    "describe",
+    "expand_members",
+    "member_key",
+    "member_values",
+    "split_members",
+    "summary",
+]
 
 
 def member_key(name: str, i: int) -> str:
@@ -76,3 +83,11 @@ def split_members(
 def summary(values: list[float], digits: int, fmt: Any) -> str:
     """``"min/median/max"`` of one per-member value, formatted by ``fmt(value, digits)``."""
     return "/".join(fmt(x, digits) for x in (min(values), statistics.median(values), max(values)))
+
+
+def describe(runner: Any, i: int) -> str:
+    """How log lines name member ``i``: ``"#3 (lr=0.01 seed=1)"`` with a label from
+    ``Runner(member_labels=...)``, ``"#3"`` without."""
+    labels = getattr(runner, "member_labels", None) or []
+    label = labels[i] if i < len(labels) else None
+    return f"#{i} ({label})" if label and label != f"#{i}" else f"#{i}"

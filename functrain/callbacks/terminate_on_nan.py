@@ -170,6 +170,7 @@ class TerminateOnNaN(Callback):
         warning; the others train on. When every member has gone non-finite the run
         raises :class:`NonFiniteLossError` (for the first one); when the last active member
         goes non-finite after others stopped early, the run ends (``stop_training``)."""
+        from functrain.callbacks.members import describe
         from functrain.ensembles import stop_members, stopped_members
 
         if not self._pending:
@@ -183,10 +184,9 @@ class TerminateOnNaN(Callback):
                     bad[i] = (iteration, value)
         if not bad:
             return None
-        labels = getattr(runner, "member_labels", None) or [f"#{i}" for i in range(n)]
         for i, (iteration, value) in sorted(bad.items()):
             runner.logger.warning(
-                f"member {i} ({labels[i]}): the loss is {value} at iteration {iteration} "
+                f"member {describe(runner, i)}: the loss is {value} at iteration {iteration} "
                 f"(found by the check at iteration {max(now, iteration)}); the member is "
                 "stopped, the others train on"
             )
