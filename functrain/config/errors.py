@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "ConfigFileError",
+    "MemberValues",
     "check_allowed",
     "check_number",
     "error_text",
@@ -76,9 +77,22 @@ def check_allowed(path: str, cfg: Mapping[str, Any], allowed: Sequence[str], wha
             )
 
 
+class MemberValues(list):  # type: ignore[type-arg]
+    """One value per ensemble member, put in a config by a sweep (:mod:`functrain.sweep`)
+    where a number stood: the checks below accept it when every element passes, and the
+    transforms and schedules take it as a per-member vector. An ordinary list in a config
+    is still an error where a number is expected."""
+
+
 def check_number(path: str, value: Any, *, positive: bool = False, integer: bool = False) -> Any:
     """``value`` itself if it is a number (an int when ``integer``; ``> 0`` when ``positive``),
-    else :class:`ConfigError` at ``path``. Booleans are not numbers here."""
+    else :class:`ConfigError` at ``path``. Booleans are not numbers here. A
+    :class:`MemberValues` passes when each of its elements does (``path[i]`` names the first
+    that does not)."""
+    if isinstance(value, MemberValues):
+        for i, v in enumerate(value):
+            check_number(f"{path}[member {i}]", v, positive=positive, integer=integer)
+        return value
     kinds = int if integer else int | float
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an int" if integer else "a number"

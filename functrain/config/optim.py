@@ -31,7 +31,13 @@ from functrain.config.builtin_registries import (
     OPTIM_WRAPPERS,
     OPTIMIZERS,
 )
-from functrain.config.errors import ConfigError, check_allowed, check_number, suggest
+from functrain.config.errors import (
+    ConfigError,
+    MemberValues,
+    check_allowed,
+    check_number,
+    suggest,
+)
 from functrain.config.hooks import ema_hook
 from functrain.config.param_schedulers import (
     build_schedules,
@@ -251,7 +257,11 @@ def build_optimizer(
     if "betas" in kwargs and not (
         isinstance(kwargs["betas"], tuple)
         and len(kwargs["betas"]) == 2
-        and all(isinstance(b, int | float) and not isinstance(b, bool) for b in kwargs["betas"])
+        and all(
+            (isinstance(b, int | float) and not isinstance(b, bool))
+            or (isinstance(b, MemberValues) and check_number(f"{path}.optimizer.betas", b))
+            for b in kwargs["betas"]
+        )
     ):
         raise ConfigError(
             f"{path}.optimizer.betas",
@@ -262,13 +272,15 @@ def build_optimizer(
         if key in kwargs:
             check_number(f"{path}.optimizer.{key}", kwargs[key])
 
-    bases = {k: given[k] for k in ("lr", "weight_decay") if isinstance(given.get(k), int | float)}
-    if isinstance(given.get("momentum"), int | float):
+    # A sweep's per-member values (MemberValues) are bases too: the schedules take vectors.
+    numeric = int | float | MemberValues
+    bases = {k: given[k] for k in ("lr", "weight_decay") if isinstance(given.get(k), numeric)}
+    if isinstance(given.get("momentum"), numeric):
         bases["momentum"] = given["momentum"]
     elif isinstance(given.get("betas"), tuple):
         bases["momentum"] = given["betas"][0]
     for key, value in given.items():  # other numeric hyperparameters a ParamScheduler may drive
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, numeric) and not isinstance(value, bool):
             bases.setdefault(key, value)
 
     what = f"optimizer {opt_cfg['type']}"
