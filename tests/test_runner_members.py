@@ -478,3 +478,30 @@ def test_readme_runner_with_members_runs_as_written(tmp_path, monkeypatch):
     metrics = namespace["runner"].last_val_metrics
     assert sorted(metrics) == [f"acc/{i}" for i in range(4)]
     assert (namespace["runner"].work_dir / "curves.png").is_file()
+
+
+def test_the_masked_step_reads_nothing_to_the_host():
+    """A stopped member costs no host sync: the step with an active_members mask runs no
+    aten._local_scalar_dense (what .item() / float(t) / bool(t) dispatch to)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    params, buffers, model = ft.init_members(make_model, SEEDS)
+    tx = ft.ensemble(inner_tx(list(LRS)), N)
+    state = ft.TrainState(params=params, buffers=buffers, opt_state=tx.init(params))
+    state = ft.stop_members(state, [1], N)
+    step = ft.make_ensemble_train_step(model, loss_fn, tx, N)
+    batch = next(iter(loaders()[0]))
+    before = state.params["0.weight"][1].clone()
+    with Record() as rec:
+        state, _ = step(state, batch)
+    assert rec.ops and not any("_local_scalar_dense" in op for op in rec.ops)
+    assert torch.equal(state.params["0.weight"][1], before)
