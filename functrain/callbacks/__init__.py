@@ -17,7 +17,7 @@ from functrain.callbacks.early_stopping import EarlyStopping
 from functrain.callbacks.ema import EMA
 from functrain.callbacks.logger import Logger
 from functrain.callbacks.plateau import ReduceOnPlateauCallback
-from functrain.callbacks.plot import CurvesPlot, plot_curves
+from functrain.callbacks.plot import CurvesPlot, curve_panels, plot_curves
 from functrain.callbacks.progress import ProgressBar
 from functrain.callbacks.sampler import SamplerSeed
 from functrain.callbacks.terminate_on_nan import NonFiniteLossError, TerminateOnNaN
@@ -40,6 +40,7 @@ __all__ = [
     "SamplerSeed",
     "ScalarHistory",
     "TerminateOnNaN",
+    "curve_panels",
     "get_priority",
     "infer_rule",
     "plot_curves",
