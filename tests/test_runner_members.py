@@ -505,3 +505,38 @@ def test_the_masked_step_reads_nothing_to_the_host():
         state, _ = step(state, batch)
     assert rec.ops and not any("_local_scalar_dense" in op for op in rec.ops)
     assert torch.equal(state.params["0.weight"][1], before)
+
+
+def test_a_members_best_checkpoint_holds_its_ema_as_a_plain_run_writes_it(tmp_path):
+    """With EMA(swap_checkpoint=True) a plain run's checkpoint holds the average as params
+    and the raw weights in the EMA state; a member's best checkpoint does the same with
+    its slices, so a plain run with EMA resumes it (raw weights back, average kept) and
+    load_from gives the average."""
+    f32 = torch.float32  # see test_resume_is_bitwise
+    moms = [0.1, 0.2, 0.3]
+    rec = RecordVal()
+    ckpt = CheckpointCallback(interval=-1, save_best="loss", save_last=False)
+    runner = ensemble_runner(
+        tmp_path / "ens",
+        callbacks=[EMA(momentum=moms), rec],
+        defaults={"checkpoint": ckpt},
+        dtype=f32,
+    )
+    final = runner.train()
+    i = 1
+    path = tmp_path / "ens" / f"best_loss_member{i}_epoch_{EPOCHS}.pth"
+    raw = {k: v[i] for k, v in final.params.items()}
+    avg = {k: v[i] for k, v in final.callbacks["ema"]["params"].items()}
+    assert not torch.equal(raw["0.weight"], avg["0.weight"])
+    plain = plain_runner(
+        tmp_path / "res", i, callbacks=[EMA(momentum=moms[i])], resume=path, dtype=f32
+    )
+    plain._load_or_resume()
+    assert set(plain.state.callbacks) == {"ema"}
+    for k in raw:
+        assert torch.equal(plain.state.params[k], raw[k])
+        assert torch.equal(plain.state.callbacks["ema"]["params"][k], avg[k])
+    loaded = plain_runner(tmp_path / "load", i, load_from=path, dtype=f32)
+    loaded._load_or_resume()
+    for k in avg:
+        assert torch.equal(loaded.state.params[k], avg[k])

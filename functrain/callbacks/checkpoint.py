@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import optree
+import torch
+
 from functrain.callbacks.base import Callback
 from functrain.checkpoint import atomic_write_text
 from functrain.ranks import is_main_process
@@ -117,8 +120,10 @@ class CheckpointCallback(Callback):
     best checkpoint is an ordinary single-run checkpoint of one member
     (:func:`functrain.member_state`, with its optimizer state, so that ``load_from``,
     ``Runner(resume=...)`` and ``functrain train --resume`` of a plain run with that
-    member's settings accept it); it holds no callback state (the ensemble's callback
-    state is the ensemble's) and the member's raw weights, not an EMA average.
+    member's settings accept it). Of the callback state it keeps what is per member (an
+    EMA's stacked average, sliced: with ``EMA(swap_checkpoint=True)`` the file's params are
+    the member's average, as a plain run writes them); best scores, wait counts and the
+    active-members mask describe the ensemble and are left out.
     """
 
     priority = "VERY_LOW"
@@ -403,7 +408,28 @@ class CheckpointCallback(Callback):
 
 
 def _member_checkpoint_state(state: Any, i: int) -> Any:
-    """Member ``i`` of an ensemble state as a plain run's state, without callback state."""
-    from functrain.ensembles import member_state
+    """Member ``i`` of an ensemble state as a plain run's state. Callback states made of
+    per-member tensors (an EMA's stacked average) are sliced to member ``i``, so that a
+    plain run's callback finds its own kind of state (and ``EMA(swap_checkpoint=True)``
+    writes the member's average as the checkpoint's params, as for a plain run); the
+    others (best scores, wait counts, the active-members mask) describe the ensemble and
+    are left out."""
+    from functrain.ensembles import ACTIVE_MEMBERS, member_state
+    from functrain.tree import tree_map
 
-    return member_state(state.replace(callbacks={}), i)
+    one = member_state(state.replace(callbacks={}), i)
+    n = next(iter(state.params.values())).shape[0]
+    kept: dict[str, Any] = {}
+    for name, value in state.callbacks.items():
+        tensors = [
+            t
+            for t in optree.tree_leaves(value, namespace="functrain")
+            if isinstance(t, torch.Tensor)
+        ]
+        if name == ACTIVE_MEMBERS or not tensors:
+            continue
+        if all(t.dim() > 0 and t.shape[0] == n for t in tensors):
+            kept[name] = tree_map(
+                lambda t: t[i].clone() if isinstance(t, torch.Tensor) else t, value
+            )
+    return one.replace(callbacks=kept)
