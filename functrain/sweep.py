@@ -64,6 +64,7 @@ __all__ = [
     "SweepPlan",
     "SweepResult",
     "estimate_member_bytes",
+    "optimizer_state_bytes",
     "export_member",
     "member_config",
     "parse_grid_option",
@@ -532,30 +533,43 @@ def _vector_config(
 
 
 def estimate_member_bytes(
-    model: torch.nn.Module, tx: Any, batch: Any, loss: Callable[..., Any]
+    model: torch.nn.Module,
+    state_bytes: int,
+    batch: Any,
+    loss: Callable[[torch.nn.Module, Any], Any],
 ) -> int:
-    """Rough bytes one member needs while training: parameters + buffers, gradients, the
-    optimizer state (``tx.init`` on the parameters) and the tensors autograd saves for one
-    forward pass on ``batch`` (measured with ``saved_tensors_hooks``)."""
-    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    """Rough bytes one member needs while training: parameters + buffers, gradients,
+    ``state_bytes`` of optimizer state and the tensors autograd saves for one forward pass
+    of ``loss(model, batch)`` (counted with ``saved_tensors_hooks``)."""
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    grads = sum(p.numel() * p.element_size() for p in params.values())
-    leaves = optree.tree_leaves(tx.init(params), namespace="functrain")
-    state = sum(t.numel() * t.element_size() for t in leaves if isinstance(t, Tensor))
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     saved = [0]
 
     def pack(t: Tensor) -> Tensor:
         saved[0] += t.numel() * t.element_size()
         return t
 
+    was = model.training
     with torch.random.fork_rng(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        was = model.training
         model.train()
         try:
             loss(model, batch)
         finally:
             model.train(was)
-    return size + grads + state + saved[0]
+    return size + grads + state_bytes + saved[0]
+
+
+def optimizer_state_bytes(tx: Any, params: Mapping[str, Tensor], members: int) -> int:
+    """Bytes of ``tx``'s state per member, from ``tx.init`` on ``meta`` copies of the stacked
+    ``params`` (nothing allocated)."""
+    meta = {k: torch.empty_like(p, device="meta") for k, p in params.items()}
+    try:
+        leaves = optree.tree_leaves(tx.init(meta), namespace="functrain")
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        # A transform that reads values at init: assume Adam's two moments.
+        return 2 * sum(p.numel() * p.element_size() for p in params.values()) // members
+    total = sum(t.numel() * t.element_size() for t in leaves if isinstance(t, Tensor))
+    return total // members
 
 
 def available_bytes(device: torch.device) -> int:
@@ -702,10 +716,14 @@ def build_ensemble_runner(
     progress: Callable[[str], None] | None = None,
     group: str = "",
     available: int | None = None,
+    hooks: tuple[dict[str, Any], list[Any]] | None = None,
 ) -> tuple[Any, SweepRecorder, Any]:
     """The :class:`~functrain.runner.Runner` training ``members`` (one group) as one
-    stacked ensemble; returns ``(runner, recorder, the meta module)``."""
-    from functrain.callbacks import SamplerSeed
+    stacked ensemble; returns ``(runner, recorder, the meta module)``. The config's
+    ``default_hooks`` and ``custom_hooks`` run per member (the Runner's ``members``): the
+    logger writes ``loss/<i>``, ``accuracy/<i>``, the checkpoints hold the stacked state (and
+    ``save_best`` each member's best as an ordinary checkpoint), ``EarlyStopping`` freezes
+    members one by one. ``hooks`` replaces them (``(default_hooks, custom_hooks)``)."""
     from functrain.config.build import (
         build_model,
         build_training,
@@ -714,9 +732,10 @@ def build_ensemble_runner(
     )
     from functrain.config.config_dict import to_plain
     from functrain.config.dataloaders import seed_from_config
-    from functrain.config.loops_hooks import build_eval_loop
+    from functrain.config.loops_hooks import build_eval_loop, build_hooks
     from functrain.config.model_calls import loss_fn, predict_fn
     from functrain.ensembles import init_members, make_ensemble_eval_step, make_ensemble_train_step
+    from functrain.evaluators import MeanMetrics
     from functrain.runner import Runner
     from functrain.state import TrainState
     from functrain.transforms.members import ensemble
@@ -738,20 +757,27 @@ def build_ensemble_runner(
     seed = seed_from_config(vcfg, 0)
     member_seeds = [s if s is not None else seed for s in seeds]
     member_seeds = [s if s is not None else 0 for s in member_seeds]
+    with torch.random.fork_rng():  # the generators stay as `functrain train` leaves them
+        one = build_model(vcfg, "cpu")
+    train_loop, optim = build_training(vcfg, one, seed=seed)
+    tx = ensemble(optim.tx, n)
+    # The memory check, before any member is allocated: optimizer state from meta tensors,
+    # activations from one forward pass of one member on one batch.
+    if available is None:
+        available = available_bytes(device)
+    stacked = {k: p.detach().to("meta").expand(n, *p.shape) for k, p in one.named_parameters()
+               if p.requires_grad}  # fmt: skip
+    with torch.random.fork_rng():
+        batch = next(iter(train_loop.dataloader))
+    loss = loss_fn(torch.device("cpu"))
+    state_bytes = optimizer_state_bytes(tx, stacked, n)
+    per = estimate_member_bytes(one, state_bytes, batch, lambda m, b: loss(m, b)[0].backward())
+    check_memory(per, n, available, device)
+    del one, batch
     # Each member's model is the one `functrain train` builds right after seeding.
     params, buffers, module = init_members(
         lambda: build_model(vcfg, "cpu"), member_seeds, device=device
     )
-    train_loop, optim = build_training(vcfg, module, seed=seed)
-    tx = ensemble(optim.tx, n)
-    if available is None:
-        available = available_bytes(device)
-    with torch.random.fork_rng():
-        one = build_model(vcfg, "cpu")
-    batch = next(iter(train_loop.dataloader))
-    loss = loss_fn(torch.device("cpu"))
-    per = estimate_member_bytes(one, optim.tx, batch, lambda m, b: loss(m, b)[0].backward())
-    check_memory(per, n, available, device)
     state = TrainState(params=params, buffers=buffers, opt_state=tx.init(params))
     train_step = make_ensemble_train_step(module, loss_fn(device), tx, n, autocast=optim.autocast)
     val_loop, _ = build_eval_loop(vcfg, "val", module, device, seed)
@@ -759,24 +785,22 @@ def build_ensemble_runner(
         raise ConfigError("val_evaluator", "a sweep ranks its members by a validation metric: "
                           "the config needs val_dataloader, val_cfg and val_evaluator")  # fmt: skip
     val_loop.eval_step = make_ensemble_eval_step(module, predict_fn(device), n)
-    val_loop.evaluator = MemberEvaluator([copy.deepcopy(val_loop.evaluator) for _ in range(n)])
+    if not isinstance(val_loop.evaluator, MeanMetrics):  # MeanMetrics averages per member itself
+        val_loop.evaluator = MemberEvaluator([copy.deepcopy(val_loop.evaluator) for _ in range(n)])
     recorder = SweepRecorder(members, progress, group)
-    runner_kw: dict[str, Any] = {}
-    signature = inspect.signature(Runner).parameters
-    if "members" in signature:  # the ensemble Runner (issue 14 item 1)
-        runner_kw["members"] = n
-    if "member_labels" in signature:
-        runner_kw["member_labels"] = [m.label() for m in members]
+    defaults, custom = hooks if hooks is not None else build_hooks(vcfg)
     runner = Runner(
         state=state,
         train_step=train_step,
         train_loop=train_loop,
         val_loop=val_loop,
-        callbacks=[SamplerSeed(), recorder],
-        default_callbacks=False,
+        callbacks=[*custom, recorder],
+        default_callbacks=defaults,
         work_dir=work_dir,
-        log_level=cfg.get("log_level", "WARNING") if progress is None else "WARNING",
-        **runner_kw,
+        # The terminal shows the sweep's progress lines; the log file keeps INFO.
+        log_level=vcfg.get("log_level", "INFO") if progress is None else "WARNING",
+        members=n,
+        member_labels=[m.label() for m in members],
     )
     return runner, recorder, module
 
@@ -934,8 +958,6 @@ def export_member(
     import json
 
     from functrain.checkpoint import CheckpointError
-    from functrain.config.build import build_runner
-    from functrain.ensembles import member_state
 
     work = Path(work_dir)
     table_file = work / TABLE_FILE
@@ -952,20 +974,26 @@ def export_member(
                       groups=True)  # fmt: skip
     member = plan.members[index]
     group = [m for m in plan.members if m.group == member.group]
-    tmp = work / ".export"
-    runner, _, _ = build_ensemble_runner(cfg, plan, group, work_dir=tmp, device=device,
-                                         progress=None, available=2**62)  # fmt: skip
-    runner.resume(work / _state_file(member.group, len(plan.groups())))
-    stacked = runner.state
-    one = member_state(stacked, [m.index for m in group].index(index))
-    built = build_runner(member_config(cfg, member), work_dir=tmp, device=device)
-    plain = built.runner
-    same = optree.tree_structure(one.opt_state, namespace="functrain") == optree.tree_structure(
-        plain.state.opt_state, namespace="functrain"
-    )
-    opt_state = one.opt_state if same else plain.state.opt_state
-    plain.state = one.replace(opt_state=opt_state)
+    import shutil
+    import tempfile
+
+    from functrain.callbacks.checkpoint import _member_checkpoint_state
+
+    tmp = tempfile.mkdtemp(prefix="functrain-export-")
+    try:
+        runner, _, _ = build_ensemble_runner(cfg, plan, group, work_dir=tmp, device=device,
+                                             progress=None, available=2**62)  # fmt: skip
+        runner.resume(work / _state_file(member.group, len(plan.groups())))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    position = [m.index for m in group].index(index)
     out = Path(out)
-    plain.save_checkpoint(out, save_optimizer=same, meta={"sweep_member": index,
-                                                          "sweep_settings": _jsonable(member.settings)})  # fmt: skip
+    # The Runner's per-member checkpoint (what save_best writes for a member): member i's
+    # params, buffers and optimizer state as a plain run's state, with the data position.
+    runner.save_checkpoint(
+        out,
+        select=lambda s: _member_checkpoint_state(s, position),
+        meta={"sweep_member": index, "sweep_settings": _jsonable(member.settings)},
+    )
     return out
