@@ -34,7 +34,7 @@ from functrain.callbacks import (
     NonFiniteLossError,
 )
 from functrain.evaluators import MeanMetrics
-from functrain.loops import EpochBasedTrainLoop, Runner, ValLoop
+from functrain.loops import EpochBasedTrainLoop, IterBasedTrainLoop, Runner, ValLoop
 
 SEEDS = (3, 1, 4)
 LRS = (1e-2, 3e-2, 1e-1)
@@ -90,7 +90,15 @@ def inner_tx(lr):
 
 
 def ensemble_runner(
-    work_dir, *, callbacks=(), defaults=None, epochs=EPOCHS, lrs=LRS, dtype=torch.float64, **kw
+    work_dir,
+    *,
+    callbacks=(),
+    defaults=None,
+    epochs=EPOCHS,
+    lrs=LRS,
+    dtype=torch.float64,
+    loop="epoch",
+    **kw,
 ):
     n = len(lrs)
     params, buffers, model = ft.init_members(lambda: make_model(dtype), SEEDS[:n])
@@ -101,7 +109,9 @@ def ensemble_runner(
     return Runner(
         state=state,
         train_step=ft.make_ensemble_train_step(model, loss_fn, tx, n),
-        train_loop=EpochBasedTrainLoop(train, max_epochs=epochs),
+        train_loop=EpochBasedTrainLoop(train, max_epochs=epochs)
+        if loop == "epoch"
+        else IterBasedTrainLoop(train, max_iters=epochs * BATCHES, val_interval=4),
         val_loop=ValLoop(val, ft.make_ensemble_eval_step(model, metrics_fn, n)),
         callbacks=list(callbacks),
         default_callbacks={"checkpoint": None, **(defaults or {})},
@@ -330,7 +340,8 @@ class CrashAt(Callback):
             raise Crash
 
 
-def test_resume_is_bitwise(tmp_path):
+@pytest.mark.parametrize("loop", ["epoch", "iter"])
+def test_resume_is_bitwise(tmp_path, loop):
     """Interrupted after iteration 8 (a member stopped at 3, EMA per member, best and
     periodic checkpoints) and resumed: the same state, bitwise, as the uninterrupted run.
     float32: functrain's clip records its norm as a float32 tensor at init whatever the
@@ -348,6 +359,7 @@ def test_resume_is_bitwise(tmp_path):
             defaults={"checkpoint": ckpt},
             resume=resume,
             dtype=torch.float32,
+            loop=loop,
         )
 
     reference = build(tmp_path / "ref").train()
