@@ -347,3 +347,21 @@ def test_a_first_step_that_creates_state_runs_eagerly_and_later_steps_compile_on
     stats = ft.compile_stats(fast)
     assert stats["compiles"] == 1 and not stats["eager"]
     _assert_close(p_fast, p_eager)
+
+
+def test_large_leaves_in_buffers_of_their_own_match_the_eager_chain() -> None:
+    # own_buffer=20: enc.weight (30 elements) is its own buffer, the rest is packed by class.
+    eager, fast = _mixed_chain(), ft.compiled(_mixed_chain(), own_buffer=20)
+    p_eager, p_fast = _params(), _params()
+    s_eager, s_fast = eager.init(p_eager), fast.init(p_fast)
+    for step in range(3):
+        grads = _grads(step)
+        before = {k: v.clone() for k, v in grads.items()}
+        p_eager, s_eager = ft.apply_gradients(eager, p_eager, _grads(step), s_eager)
+        p_fast, s_fast = ft.apply_gradients(fast, p_fast, grads, s_fast, donate=True)
+        for k in grads:  # the donated gradients are read, not written (an in-graph copy)
+            assert torch.equal(grads[k], before[k]), k
+    assert ft.compile_stats(fast)["compiles"] == 1
+    _assert_close(p_fast, p_eager)
+    with pytest.raises(ValueError, match="own_buffer must be None or a positive"):
+        ft.compiled(ft.adamw(), own_buffer=0)

@@ -23,6 +23,14 @@ function calling ``u.norm()``) needs ``pack=False``: the graph is then traced ov
 leaves themselves (exact for any transform, but inductor compiles one loop per leaf: about
 70 s for ResNet-50's 161 tensors on a 2-core CPU, against 5 s packed).
 
+Large leaves keep a buffer of their own (``own_buffer``: at least 2**20 elements, the
+largest :data:`MAX_ALONE`): their gradients and parameters enter the program as they are
+(a view, no copy), so only the small leaves are copied into a class buffer each step; each
+own buffer is one more loop for inductor to compile. In the donating step the gradients are
+copied into buffers kept from step to step (a fresh multi-MiB buffer costs the page faults of
+newly mapped memory every step), and the chain runs on an in-graph copy of them, which
+inductor keeps in registers: the donated gradients are read, never written.
+
 Scalars. The step counters and the values of scheduled hyperparameters are tensors in the
 state, so they are inputs of the graph: the program is traced and compiled once per tree
 structure, shapes and dtypes, never again when the step or a schedule's value changes. The
@@ -151,6 +159,10 @@ def _hoist_scalars(gm: torch.fx.GraphModule) -> int:
 
 # --------------------------------------------------------------------------- packing
 
+#: At most this many leaves keep a buffer of their own (``compiled(own_buffer=...)``): each is
+#: one more loop for inductor to generate and compile (about 0.3 s each on a 2-core CPU).
+MAX_ALONE = 32
+
 
 @attrs.frozen(eq=False)
 class _Packing:
@@ -166,9 +178,16 @@ class _Packing:
     def sizes(self, c: int) -> list[int]:
         return [math.prod(self.shapes[i]) for i in self.classes[c]]
 
-    def pack(self, leaves: Sequence[Tensor], last: _Views | None) -> list[Tensor]:
+    def pack(
+        self,
+        leaves: Sequence[Tensor],
+        last: _Views | None,
+        scratch: list[Tensor | None] | None = None,
+    ) -> list[Tensor]:
         """One buffer per class; leaves that are the views we returned last time are read
-        through their buffer (no copy), any other leaves are copied with one ``torch.cat``."""
+        through their buffer (no copy), any other leaves are copied with one ``torch.cat``
+        (into ``scratch[c]``, kept from call to call, when given: a fresh buffer of many
+        MiB costs the page faults of memory the allocator maps anew every time)."""
         if self.identity:
             return list(leaves)
         out = []
@@ -177,6 +196,14 @@ class _Packing:
                 out.append(last.buffers[c])
             elif len(idx) == 1 and leaves[idx[0]].is_contiguous():
                 out.append(leaves[idx[0]].view(-1))
+            elif scratch is not None:
+                pieces = [leaves[i].reshape(-1) for i in idx]
+                buffer = scratch[c]
+                if buffer is None:
+                    buffer = scratch[c] = torch.cat(pieces)
+                else:
+                    torch.cat(pieces, out=buffer)
+                out.append(buffer)
             else:
                 out.append(torch.cat([leaves[i].reshape(-1) for i in idx]))
         return out
@@ -233,8 +260,22 @@ def _buffer_key(c: int, leaf: Tensor) -> str:
     return f"{str(leaf.dtype).removeprefix('torch.')}@{leaf.device}#{c}"
 
 
+def _alone(leaves: Sequence[Tensor], threshold: int | None) -> set[int]:
+    """The leaves that keep a buffer of their own: contiguous ones of at least ``threshold``
+    elements, the largest :data:`MAX_ALONE` of them."""
+    if not threshold:
+        return set()
+    big = [i for i, t in enumerate(leaves) if t.numel() >= threshold and t.is_contiguous()]
+    big.sort(key=lambda i: -leaves[i].numel())
+    return set(big[:MAX_ALONE])
+
+
 def _plan(
-    flat: FlatTransform, spec: MultiplierSpec | None, leaves: list[Tensor], info: TreeInfo
+    flat: FlatTransform,
+    spec: MultiplierSpec | None,
+    leaves: list[Tensor],
+    info: TreeInfo,
+    alone_from: int | None = None,
 ) -> _Packing:
     """The classes of ``leaves``: a meta-device ``init`` records every mask and label."""
     recorder = _Recorder(info.paths)
@@ -248,9 +289,11 @@ def _plan(
         [attrs.astuple(spec.lookup(p)) for p in info.paths] if spec is not None else None
     )
     missing = object()
+    alone = _alone(leaves, alone_from)
     classes: dict[tuple[Any, ...], list[int]] = {}
     for i, leaf in enumerate(leaves):
         key = (
+            i if i in alone else -1,
             leaf.device,
             leaf.dtype,
             None if per_leaf_mult is None else per_leaf_mult[i],
@@ -306,6 +349,7 @@ class _Program:
         self.where = where
         self.compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self.eager = False
+        self.tracing = False  # True while make_fx records ``run``
         self.compile_seconds: float = 0.0
         self.compiles = 0
 
@@ -361,7 +405,11 @@ class _Program:
             return leaves
 
         tensors = [inputs[i] for i in tensor_pos]
-        gm = record(traced, tensors)
+        self.tracing = True
+        try:
+            gm = record(traced, tensors)
+        finally:
+            self.tracing = False
         if not self.steady():
             return None
         _hoist_scalars(gm)
@@ -440,6 +488,7 @@ def compiled(
     mode: str | None = None,
     dynamic: bool = False,
     pack: bool = True,
+    own_buffer: int | None = 1 << 20,
 ) -> GradientTransformation:
     """``tx`` compiled with ``torch.compile`` into a few fused kernels over packed buffers.
 
@@ -464,6 +513,9 @@ def compiled(
         pack: pack the leaves into one buffer per class (fast to compile and to run; exact for
             elementwise transforms and global norms). ``False`` traces over the leaves
             themselves, for transforms that reduce per leaf or read leaf shapes.
+        own_buffer: leaves of at least this many elements keep a buffer of their own (no
+            copy into a packed buffer each step; one more loop to compile each; at most
+            :data:`MAX_ALONE` of them). ``None``: every leaf is packed.
 
     Returns:
         A :class:`~functrain.transforms.base.GradientTransformation` whose state is a
@@ -479,6 +531,12 @@ def compiled(
     for name, value in (("donate", donate), ("dynamic", dynamic), ("pack", pack)):
         if not isinstance(value, bool):
             raise ValueError(f"compiled: {name} must be a bool, got {value!r}")
+    if own_buffer is not None and (
+        isinstance(own_buffer, bool) or not isinstance(own_buffer, int) or own_buffer < 1
+    ):
+        raise ValueError(
+            f"compiled: own_buffer must be None or a positive number of elements, got {own_buffer!r}"
+        )
     if mode is not None and not isinstance(mode, str):
         raise ValueError(f"compiled: mode must be None or a torch.compile mode name, got {mode!r}")
     flat = as_flat(tx)
@@ -487,6 +545,8 @@ def compiled(
     spec = chain_multipliers(flat.parts) if flat.parts else None
     members = flat.parts if spec is not None else ()
     packings: dict[Any, _Packing] = {}
+    # Packed gradient and parameter buffers kept for each packing (see ``step``).
+    scratch: dict[_Packing, tuple[list[Tensor | None], list[Tensor | None]]] = {}
     last: dict[str, _Views | None] = {"params": None}
 
     def packing_for(leaves: list[Tensor], info: TreeInfo) -> _Packing:
@@ -494,11 +554,12 @@ def compiled(
         found = packings.get(key)
         if found is None:
             if pack:
-                found = _plan(flat, spec, leaves, info)
+                found = _plan(flat, spec, leaves, info, own_buffer)
             else:
                 found = _identity_packing(flat, spec, leaves, info)
             if len(packings) > 8:
                 packings.clear()
+                scratch.clear()
             packings[key] = found
         return found
 
@@ -541,6 +602,15 @@ def compiled(
         info = attrs.evolve(p.info, donate=donate_now)
         has_params = params[0] is not None if n else False
         plist = list(params) if has_params else None
+        if program.tracing and (donate_now or apply):
+            # The chain updates the gradients in place when donated (clip's scaling, ...).
+            # In the graph that would be one more write pass over every gradient buffer;
+            # on a copy it stays in registers (inductor never materializes the copy). And
+            # no output of the program is then an input (a pure transform may keep a
+            # gradient or parameter as state), so ``step`` may reuse the packed buffers.
+            grads = [g.clone() for g in grads]
+            if plist is not None and not donate_now:
+                plist = [b.clone() for b in plist]
         updates, new_state = inner_update(grads, state, plist, info, extra)
         holder["steady"] = _layout(state) == _layout(new_state)
         if not apply:
@@ -579,16 +649,49 @@ def compiled(
         p = packing_for(grads, info)
         holder["packing"] = p
         donate_now = donate and info.donate
-        g_buf = p.pack(grads, None)
+        # The compiled donating step never returns nor keeps its gradient buffers (the chain
+        # runs on an in-graph copy of them, see ``run``): they can be the same every step.
+        # The compiled step (update and apply) never returns nor keeps its packed inputs
+        # (the chain runs on in-graph copies of them, see ``run``): they can be the same
+        # buffers every step. Not where autograd records (``cat(out=...)`` has no gradient).
+        reuse = (
+            apply
+            and not program.eager
+            and _functorch.peek_interpreter_stack() is None
+            and not (
+                torch.is_grad_enabled() and any(t.requires_grad for t in (*grads, *(params or ())))
+            )
+        )
+        kept = scratch.setdefault(p, ([None] * len(p.classes), [None] * len(p.classes)))
+        g_buf = p.pack(grads, None, kept[0] if reuse else None)
         # Parameters that are the views this transform returned last time are read through
-        # their buffer: the loop's steady state packs nothing but the gradients.
-        p_buf = p.pack(params, last["params"]) if params is not None else [None] * len(p.classes)
+        # their buffer: the loop's steady state packs nothing but the gradients. (Donated
+        # parameters are written in place: never into a kept buffer.)
+        p_buf = (
+            p.pack(params, last["params"], kept[1] if reuse and not donate_now else None)
+            if params is not None
+            else [None] * len(p.classes)
+        )
         s_leaves, s_spec = optree.tree_flatten(state.inner, namespace=NAMESPACE)
         e_leaves, e_spec = optree.tree_flatten(extra, namespace=NAMESPACE)
         holder["specs"] = (len(p.classes), s_spec, len(s_leaves), e_spec)
         inputs = [*g_buf, *p_buf, *s_leaves, *e_leaves]
         out, new_inner = program(donate_now, apply, inputs)
-        views = p.unpack(out)
+        before = last["params"]
+        if (
+            apply
+            and donate_now
+            and before is not None
+            and all(
+                b is kept and o.data_ptr() == b.data_ptr()
+                for b, kept, o in zip(p_buf, before.buffers, out, strict=True)
+            )
+        ):
+            # Updated in place in the buffers we returned views of last time: the same views
+            # (splitting a thousand leaves anew costs more than the update's kernel).
+            views = before
+        else:
+            views = p.unpack(out)
         if apply:
             last["params"] = views
         return list(views.views), CompiledState(new_inner, state.paths)
