@@ -223,7 +223,7 @@ def test_shared_hyperparameters_take_the_fused_kernel() -> None:
         for k in fused:
             assert rel_err(fused[k], plain[k]) <= 1e-6
         for i in range(N):  # the same kernel as member i's own fused run, clipped alike
-            alone = run_alone(lambda i: ft.chain(ft.clip(1.0), make(LRS[i])), i, 5)
+            alone = run_alone(lambda i, make=make: ft.chain(ft.clip(1.0), make(LRS[i])), i, 5)
             for k in alone:
                 assert rel_err(fused[k][i], alone[k]) <= 1e-6
     # A kernel without a per-member form says so when it is required.
@@ -279,3 +279,16 @@ def test_ensemble_step_on_cuda_has_no_host_sync(lr) -> None:
     cpu_params, _ = run_stacked(tx, 5, donate=True)
     for k in cpu_params:  # CUDA and CPU kernels round differently: the suite's 1e-6 bound
         assert rel_err(params[k].cpu(), cpu_params[k]) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_clip_state_keeps_its_dtype_across_the_first_step(dtype) -> None:
+    # A checkpoint restores into a freshly initialised state, which is checked leaf by leaf
+    # for dtype: the recorded norm must not change dtype at the first step.
+    params = {"w": torch.randn(3, 4).to(dtype)}
+    for tx in (ft.clip(1.0), ft.ensemble(ft.clip([1.0, 2.0, 3.0]), 3)):
+        state = tx.init(params)
+        _, after = tx.update({"w": torch.randn(3, 4).to(dtype)}, state)
+        before_norm = state.inner.norm if hasattr(state, "inner") else state.norm
+        after_norm = after.inner.norm if hasattr(after, "inner") else after.norm
+        assert before_norm.dtype == after_norm.dtype == dtype

@@ -8,6 +8,7 @@ after mmengine's ``clip_grad``); note that optax's ``clip`` is element-wise, whi
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -75,7 +76,15 @@ def clip_by_global_norm(
         if vector:
             max_norm.on(device)  # checks the member count
         shape = () if info.members is None else (info.members,)
-        return ClipState(torch.zeros(shape, device=device))
+        # In the dtype the norm will have (the leaves' promoted dtype), so that a state
+        # before the first step and after it have the same layout (checkpoints restore into
+        # a fresh state).
+        dtype = (
+            functools.reduce(torch.promote_types, [p.dtype for p in params])
+            if params
+            else torch.float32
+        )
+        return ClipState(torch.zeros(shape, dtype=dtype, device=device))
 
     def coefficient(
         updates: list[Tensor], state: ClipState, info: TreeInfo
