@@ -770,8 +770,17 @@ def build_ensemble_runner(
     with torch.random.fork_rng():
         batch = next(iter(train_loop.dataloader))
     loss = loss_fn(torch.device("cpu"))
-    state_bytes = optimizer_state_bytes(tx, stacked, n)
-    per = estimate_member_bytes(one, state_bytes, batch, lambda m, b: loss(m, b)[0].backward())
+
+    def backward(m: torch.nn.Module, b: Any) -> None:
+        loss(m, b)[0].backward()
+
+    # First with a generous bound on the optimizer state (4 tensors per parameter: more than
+    # any built-in optimizer keeps); only a sweep near the limit pays for the exact count
+    # (tx.init on meta tensors, whose Python meta kernels take seconds to load).
+    param_bytes = sum(p.numel() * p.element_size() for p in stacked.values()) // n
+    per = estimate_member_bytes(one, 4 * param_bytes, batch, backward)
+    if per * n * 1.2 > available:
+        per = estimate_member_bytes(one, optimizer_state_bytes(tx, stacked, n), batch, backward)
     check_memory(per, n, available, device)
     del one, batch
     # Each member's model is the one `functrain train` builds right after seeding.
@@ -845,8 +854,10 @@ def run_sweep(
     by_epoch = True
     for g, members in enumerate(groups):
         tag = f" group {g + 1}/{len(groups)}" if len(groups) > 1 else ""
+        # With groups, each group's logs and checkpoints go to its own subdirectory.
+        group_dir = work / f"group{g}" if len(groups) > 1 else work
         runner, recorder, _ = build_ensemble_runner(
-            cfg, plan, members, work_dir=work, device=device, progress=progress, group=tag,
+            cfg, plan, members, work_dir=group_dir, device=device, progress=progress, group=tag,
             available=available,
         )  # fmt: skip
         runner.train()

@@ -284,3 +284,24 @@ def test_sweep_command_writes_results_and_exports_a_member(
     assert main(resume) == 0
     assert "trained 2 epochs / 80 iterations" in capsys.readouterr().out
     assert main(["export-member", str(work), "--member", "9", str(out_ckpt)]) == 2
+
+
+def test_groups_train_one_after_another(tmp_path: Path) -> None:
+    cfg = _cfg(SGD, "train_cfg.max_epochs=1")
+    grid = {"train_dataloader.batch_size": [32, 64], "optim_wrapper.optimizer.lr": [0.01, 0.03]}
+    plan = plan_sweep(cfg, grid, groups=True)
+    result = run_sweep(cfg, plan, work_dir=tmp_path / "sweep", device="cpu", progress=None,
+                       plot=False)  # fmt: skip
+    assert [r["train_dataloader.batch_size"] for r in result.rows] == [32, 32, 64, 64]
+    assert (tmp_path / "sweep/group1/epoch_1.pth").is_file()
+    from functrain.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / "sweep/group1_sweep_final.pth")["state"]["params"]
+    plain = build_runner(member_config(cfg, plan.members[3]), work_dir=tmp_path / "m3",
+                         device="cpu").runner  # fmt: skip
+    ref = plain.train()
+    assert ref.iteration == 20  # batch 64: the group's own loop length
+    for k, p in ref.params.items():
+        scale = p.abs().max().clamp_min(1e-12)
+        assert float((saved[k][1] - p).abs().max() / scale) < PARAM_TOL, k
+    assert result.rows[3]["final"] == pytest.approx(plain.last_val_metrics["accuracy"], abs=1e-6)
