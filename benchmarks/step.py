@@ -20,8 +20,12 @@ Rows:
   compiled pure AdamW                the same, pure (nothing written in place)
 
 The compile time of each compiled row is printed under the table (--no-compiled skips them).
+``--device cuda`` runs every row on the GPU (the clock is read after ``synchronize``) and
+compiles the compiled rows with ``mode="reduce-overhead"`` (CUDA graphs; ``--compile-mode``
+overrides).
 
 Usage: python benchmarks/step.py [--repeats N] [--threads T] [--small-only] [--no-compiled]
+       [--device cpu|cuda] [--compile-mode MODE]
 """
 
 from __future__ import annotations
@@ -41,6 +45,19 @@ from shapes import resnet50_shapes, small_shapes  # noqa: E402
 import functrain as ft  # noqa: E402
 
 LR, WD, MAX_NORM = 1e-3, 1e-2, 1.0
+#: Set from --device / --compile-mode in main().
+DEVICE = torch.device("cpu")
+COMPILE_MODE: str | None = None
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def randn(shape, gen: torch.Generator) -> torch.Tensor:
+    """The same numbers on every device (drawn on the CPU)."""
+    return torch.randn(shape, generator=gen).to(DEVICE)
 
 
 def median_ms(
@@ -54,17 +71,19 @@ def median_ms(
     times: dict[str, list[float]] = {label: [] for label in rows}
     for _ in range(repeats):
         for label, fn in rows.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[label].append(time.perf_counter() - start)
     return {label: statistics.median(ts) * 1e3 for label, ts in times.items()}
 
 
 def torch_step(shapes, **opt_kwargs) -> Callable[[], None]:
     gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    params = [torch.nn.Parameter(randn(s, gen)) for s in shapes]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
+        p.grad = randn(p.shape, gen)
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, **opt_kwargs)
     foreach = opt_kwargs.get("foreach", True) or opt_kwargs.get("fused", False)
 
@@ -77,8 +96,8 @@ def torch_step(shapes, **opt_kwargs) -> Callable[[], None]:
 
 def functrain_steps(shapes) -> dict[str, Callable[[], None]]:
     gen = torch.Generator().manual_seed(0)
-    params = {f"p{i}": torch.randn(s, generator=gen) for i, s in enumerate(shapes)}
-    grads = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    params = {f"p{i}": randn(s, gen) for i, s in enumerate(shapes)}
+    grads = {k: randn(v.shape, gen) for k, v in params.items()}
     tx = ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=LR, weight_decay=WD))
     box = {"params": params, "state": tx.init(params)}
 
@@ -150,18 +169,19 @@ def compiled_steps(
     shapes,
 ) -> tuple[dict[str, Callable[[], None]], dict[str, ft.GradientTransformation]]:
     gen = torch.Generator().manual_seed(0)
-    params = {f"p{i}": torch.randn(s, generator=gen) for i, s in enumerate(shapes)}
-    grads = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    params = {f"p{i}": randn(s, gen) for i, s in enumerate(shapes)}
+    grads = {k: randn(v.shape, gen) for k, v in params.items()}
+    mode = COMPILE_MODE
     txs = {
         "compiled donate AdamW": ft.compiled(
-            ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=LR, weight_decay=WD))
+            ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=LR, weight_decay=WD)), mode=mode
         ),
         "compiled donate Lion": ft.compiled(
-            ft.chain(ft.clip(MAX_NORM), ft.lion(lr=LR, weight_decay=WD))
+            ft.chain(ft.clip(MAX_NORM), ft.lion(lr=LR, weight_decay=WD)), mode=mode
         ),
-        "compiled donate custom 3-transform": ft.compiled(custom_chain()),
+        "compiled donate custom 3-transform": ft.compiled(custom_chain(), mode=mode),
         "compiled pure AdamW": ft.compiled(
-            ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=LR, weight_decay=WD))
+            ft.chain(ft.clip(MAX_NORM), ft.adamw(lr=LR, weight_decay=WD)), mode=mode
         ),
     }
     rows: dict[str, Callable[[], None]] = {}
@@ -212,10 +232,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--small-only", action="store_true", help="skip the ResNet-50 set")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled rows")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--compile-mode", default=None, help="default: reduce-overhead on CUDA, else None"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clip({MAX_NORM}) + AdamW")
+    global DEVICE, COMPILE_MODE
+    DEVICE = torch.device(args.device)
+    COMPILE_MODE = args.compile_mode or ("reduce-overhead" if DEVICE.type == "cuda" else None)
+    print(
+        f"torch {torch.__version__}, {DEVICE}, {torch.get_num_threads()} threads, "
+        f"clip({MAX_NORM}) + AdamW, compiled rows: mode={COMPILE_MODE!r}"
+    )
     if not args.small_only:
         run("ResNet-50 shapes", resnet50_shapes(), args.repeats, not args.no_compiled)
     run("1000 small tensors", small_shapes(), args.repeats, not args.no_compiled)
