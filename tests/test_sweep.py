@@ -224,13 +224,17 @@ def attrs_seed(member: Any, seed: int) -> Any:
 
 
 def test_members_stopping_early_equal_their_runs(tmp_path: Path) -> None:
-    # EarlyStopping once validation accuracy reaches 0.5: the fast member stops after its
-    # first epoch (frozen in the sweep, ended in its own run), the slow one trains 3 epochs.
-    cfg = _cfg(SGD, "train_cfg.max_epochs=3")
+    # EarlyStopping once validation accuracy reaches 0.15: the fast member stops after its
+    # first epoch (frozen in the sweep, ended in its own run), the slow one trains 2 epochs.
+    # Batches of 128 without warmup keep this to 20 steps: over longer runs the members'
+    # last-bit differences (vmapped convolutions) grow with the training dynamics, past
+    # PARAM_TOL after 80 steps with ATEN_CPU_CAPABILITY=default (1.5e-4; 1e-6 with avx2).
+    cfg = _cfg(SGD, "train_cfg.max_epochs=2", "train_dataloader.batch_size=128")
+    cfg["param_scheduler"] = []
     cfg["custom_hooks"] = [
-        dict(type="EarlyStoppingHook", monitor="accuracy", stopping_threshold=0.5)
+        dict(type="EarlyStoppingHook", monitor="accuracy", stopping_threshold=0.15)
     ]
-    plan = plan_sweep(cfg, {"optim_wrapper.optimizer.lr": [0.002, 0.05]})
+    plan = plan_sweep(cfg, {"optim_wrapper.optimizer.lr": [0.002, 0.1]})
     from functrain.sweep import build_ensemble_runner
 
     runner, recorder, _ = build_ensemble_runner(
@@ -246,7 +250,7 @@ def test_members_stopping_early_equal_their_runs(tmp_path: Path) -> None:
         for k, p in ref.params.items():
             scale = p.abs().max().clamp_min(1e-12)
             assert float((one.params[k] - p).abs().max() / scale) < PARAM_TOL, (i, k)
-    assert stopped[1] < stopped[0] == 3, stopped  # one member did stop early
+    assert stopped[1] < stopped[0] == 2, stopped  # one member did stop early
 
 
 # -- the command -------------------------------------------------------------------------------
