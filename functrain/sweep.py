@@ -23,13 +23,14 @@ What can vary inside one process (each becomes a per-member vector):
 - ``optim_wrapper.clip_grad.max_norm``;
 - the numbers of a schedule: ``param_scheduler[i].{eta_min, eta_min_ratio, start_factor,
   end_factor, factor, gamma, power, T_max, ...}``;
+- an EMA's momentum: ``custom_hooks[i].momentum`` of an ``EMAHook``;
 - seeds (``seeds=[...]`` or ``--seeds``): member i's model is built after
   ``torch.manual_seed(seed_i)`` (:func:`functrain.init_members`). The data order is shared by
   all members: it follows the first seed of the sweep (the config's own
   ``randomness.seed`` when the sweep varies no seed).
 
 Everything else (the model, the optimizer type, batch size, dataset, loop length, the
-shape of a schedule, paramwise multipliers, EMA) is shared by the members of one ensemble:
+shape of a schedule, paramwise multipliers, other hooks) is shared by the members of one ensemble:
 varying it is refused with one line naming the key and why, or, with ``groups=True``
 (``--groups``), the members are split into groups with equal values of those keys, trained
 one group after another.
@@ -202,6 +203,10 @@ def _classify(cfg: Mapping[str, Any], key: str, tokens: Sequence[str | int]) -> 
         return f"the {what}: every member trains on the same batches"
     if head in ("train_cfg", "val_cfg", "test_cfg"):
         return "the loop (max_epochs, max_iters, intervals) is shared by the members"
+    if head == "custom_hooks" and len(tokens) == 3 and tokens[2] == "momentum":
+        hook = _get(cfg, tokens[:2])
+        if isinstance(hook, Mapping) and hook.get("type") in ("EMAHook", "EMA"):
+            return None  # the ensemble's EMA takes one momentum per member
     if head == "custom_hooks" or head == "default_hooks":
         return "callbacks (EMA, early stopping, checkpoints) are shared by the members"
     if head == "randomness":

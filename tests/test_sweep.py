@@ -325,3 +325,19 @@ def test_readme_sweep_section_runs_as_written(capsys: pytest.CaptureFixture[str]
     explain = re.search(r"(functrain sweep \S+ --grid \S+ --explain)", section).group(1)
     assert main(explain.split()[1:]) == 0
     assert "2 members trained together" in capsys.readouterr().out
+
+
+def test_ema_momentum_varies_per_member(tmp_path: Path) -> None:
+    from functrain.callbacks import EMA
+    from functrain.sweep import build_ensemble_runner
+
+    cfg = _cfg(SGD, "train_cfg.max_epochs=1")
+    cfg["custom_hooks"] = [dict(type="EMAHook", momentum=0.001)]
+    plan = plan_sweep(cfg, {"custom_hooks[0].momentum": [0.001, 0.01]})
+    assert plan.vector_keys == ("custom_hooks[0].momentum",)
+    runner, _, _ = build_ensemble_runner(cfg, plan, plan.members, work_dir=tmp_path,
+                                         device="cpu", progress=None)  # fmt: skip
+    (ema,) = [cb for cb in runner.callbacks if isinstance(cb, EMA)]
+    member = EMA(momentum=[0.001, 0.01])  # what the Runner README documents
+    assert vars(ema).keys() == vars(member).keys()
+    assert repr(ema.momentum) == repr(member.momentum)
