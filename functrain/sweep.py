@@ -670,7 +670,7 @@ class SweepRecorder(Callback):
             return
         name, vals = next(iter(values.items()))
         order = sorted(range(len(vals)), key=lambda i: vals[i])
-        best = order[-1]
+        best = order[0] if _lower_is_better(name) else order[-1]
         total = (
             loop.max_epochs if loop is not None and loop.by_epoch else getattr(loop, "max_iters", 0)
         )
@@ -680,6 +680,15 @@ class SweepRecorder(Callback):
             f"median {vals[order[len(vals) // 2]]:.4f} max {vals[best]:.4f} "
             f"(member {self.members[best].index}: {self.members[best].label()})"
         )
+
+
+def _lower_is_better(metric: str) -> bool:
+    from functrain.callbacks.checkpoint import infer_rule
+
+    try:
+        return infer_rule(metric) == "less"
+    except ValueError:
+        return False
 
 
 @attrs.frozen
@@ -875,10 +884,12 @@ def run_sweep(
             for j, m in enumerate(members):
                 curves[m.index].append((at, values[metric][j]))
     rows = []
+    sign = -1.0 if _lower_is_better(metric) else 1.0  # mmengine's rule: loss-like is less
     for m in plan.members:
         c = curves[m.index]
         final = c[-1][1] if c else math.nan
-        best_at, best = max(c, key=lambda p: p[1]) if c else (0, math.nan)
+        # The first epoch reaching the best value (as save_best keeps the first).
+        best_at, best = max(c, key=lambda p: sign * p[1]) if c else (0, math.nan)
         rows.append({"member": m.index, **({"group": m.group} if plan.group_keys else {}),
                      **m.settings, **({SEED_KEY: m.seed} if plan.seeds else {}),
                      "final": final, "best": best, "best_at": best_at, "by_epoch": by_epoch})  # fmt: skip
