@@ -111,16 +111,13 @@ _MISSING = object()
 
 
 def _get(cfg: Any, tokens: Sequence[str | int]) -> Any:
+    """The value at ``tokens`` in ``cfg``, or ``_MISSING``."""
     node = cfg
     for t in tokens:
-        if isinstance(t, int):
-            if not isinstance(node, list | tuple) or t >= len(node):
-                return _MISSING
+        if isinstance(t, int) and isinstance(node, list | tuple) and t < len(node):
             node = node[t]
-        elif isinstance(node, Mapping) and t in node:
+        elif isinstance(t, str) and isinstance(node, Mapping) and t in node:
             node = node[t]
-        elif isinstance(node, list | tuple) and len(node) == 1 and t != "type":
-            return _MISSING
         else:
             return _MISSING
     return node
