@@ -93,8 +93,11 @@ def for_members(call: Callable[..., Any], lr: Any, *lists: list[Tensor]) -> None
     if not (isinstance(lr, Tensor) and lr.ndim == 1):
         call(*lists, lr)
         return
-    for i in range(lr.shape[0]):
-        call(*([x[i] for x in xs] for xs in lists), lr[i])
+    # unbind: every member's view of a leaf in one call (indexing member by member costs
+    # as much Python time as the kernels themselves at 64 members).
+    per_list = [list(zip(*(x.unbind(0) for x in xs), strict=True)) if xs else None for xs in lists]
+    for i, value in enumerate(lr.unbind(0)):
+        call(*(list(m[i]) if m is not None else [] for m in per_list), value)
 
 
 @attrs.frozen(eq=False)
