@@ -365,3 +365,23 @@ def test_large_leaves_in_buffers_of_their_own_match_the_eager_chain() -> None:
     _assert_close(p_fast, p_eager)
     with pytest.raises(ValueError, match="own_buffer must be None or a positive"):
         ft.compiled(ft.adamw(), own_buffer=0)
+
+
+def test_compiled_ensemble_keeps_the_member_axis() -> None:
+    # An ensemble is traced over its stacked leaves (packing would flatten the member axis
+    # its per-member clip needs): it equals the eager ensemble within the file's bound.
+    n = 3
+    gen = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(n, 4, 5, generator=gen), "b": torch.randn(n, 5, generator=gen)}
+    grads = [{k: torch.randn(v.shape, generator=gen) for k, v in params.items()} for _ in range(3)]
+
+    def make() -> ft.GradientTransformation:
+        return ft.ensemble(ft.chain(ft.clip(1.0), ft.adamw([1e-3, 1e-2, 1e-1])), n)
+
+    out = []
+    for tx in (make(), ft.compiled(make())):
+        p, s = {k: v.clone() for k, v in params.items()}, tx.init(params)
+        for g in grads:
+            p, s = ft.apply_gradients(tx, p, {k: v.clone() for k, v in g.items()}, s)
+        out.append(p)
+    _assert_close(out[1], out[0])

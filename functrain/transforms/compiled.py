@@ -82,6 +82,7 @@ from functrain.transforms.base import (
 )
 from functrain.transforms.kernel_specs import MultiplierSpec
 from functrain.transforms.leaf_subsets import RESOLUTION_HOOK
+from functrain.transforms.members import Ensemble
 from functrain.transforms.optim_parts import check_state_paths
 from functrain.tree import NAMESPACE, TreeInfo, leaf_paths
 
@@ -533,7 +534,9 @@ def compiled(
             trees of different sizes, slightly slower loops).
         pack: pack the leaves into one buffer per class (fast to compile and to run; exact for
             elementwise transforms and global norms). ``False`` traces over the leaves
-            themselves, for transforms that reduce per leaf or read leaf shapes.
+            themselves, for transforms that reduce per leaf or read leaf shapes. An
+            :func:`~functrain.ensemble` is always traced over its stacked leaves (packing
+            would lose the member axis its per-member reductions need).
         own_buffer: leaves of at least this many elements keep a buffer of their own (no
             copy into a packed buffer each step; one more loop to compile each; at most
             :data:`MAX_ALONE` of them). ``None``: every leaf is packed.
@@ -560,6 +563,8 @@ def compiled(
         )
     if mode is not None and not isinstance(mode, str):
         raise ValueError(f"compiled: mode must be None or a torch.compile mode name, got {mode!r}")
+    if isinstance(tx, Ensemble):
+        pack = False
     flat = as_flat(tx)
     # The outermost chain's multipliers are applied here (per buffer); the members run as
     # the chain runs them.
