@@ -38,7 +38,10 @@ KERNEL_TESTS := tests/test_parity_torch.py tests/test_config_mmengine.py \
 	tests/test_loop_mmengine.py tests/test_loop_amp.py tests/test_loop_resume.py \
 	tests/test_optimizers_torch.py $(sort $(wildcard tests/test_optim_*.py)) \
 	tests/test_schedules_mmengine.py tests/test_torch_optimizer.py tests/test_loop_step.py \
-	tests/test_loss_scaling.py tests/test_accumulation.py tests/test_as_torch_optimizer.py
+	tests/test_loss_scaling.py tests/test_accumulation.py tests/test_as_torch_optimizer.py \
+	tests/test_members.py tests/test_ensemble_parity.py tests/test_vmap.py \
+	tests/test_schedules_members.py tests/test_ensembles.py tests/test_runner_members.py \
+	tests/test_sweep.py tests/test_compiled.py
 KERNEL_PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
 
 test-kernels: test-kernels-avx2 test-kernels-default
