@@ -326,11 +326,7 @@ class CheckpointCallback(Callback):
             cs["best_score"], cs["best_ckpt"] = dict(best_scores), dict(best_paths)
             state = self.set_state(state, cs)
 
-            def saved(old_path: str | None = old_path, new_path: Path = new_path) -> None:
-                if old_path and Path(old_path) != new_path and Path(old_path).is_file():
-                    Path(old_path).unlink()
-                    runner.logger.info(f"The previous best checkpoint {old_path} is removed")
-
+            saved = _remove_previous_best(runner, old_path, new_path)
             runner.save_checkpoint(new_path, state, save_optimizer=False, on_saved=saved)
             runner.logger.info(
                 f"The best checkpoint with {score:0.4f} {key} at {cur_time} {cur_type} is "
@@ -384,11 +380,7 @@ class CheckpointCallback(Callback):
                 cs["best_score"], cs["best_ckpt"] = dict(best_scores), dict(best_paths)
                 state = self.set_state(state, cs)
 
-                def saved(old_path: str | None = old_path, new_path: Path = new_path) -> None:
-                    if old_path and Path(old_path) != new_path and Path(old_path).is_file():
-                        Path(old_path).unlink()
-                        runner.logger.info(f"The previous best checkpoint {old_path} is removed")
-
+                saved = _remove_previous_best(runner, old_path, new_path)
                 runner.save_checkpoint(
                     new_path,
                     state,
@@ -433,3 +425,15 @@ def _member_checkpoint_state(state: Any, i: int) -> Any:
                 lambda t: t[i].clone() if isinstance(t, torch.Tensor) else t, value
             )
     return one.replace(callbacks=kept)
+
+
+def _remove_previous_best(runner: Any, old_path: str | None, new_path: Path) -> Any:
+    """The ``on_saved`` callback of a new best checkpoint: once it is written, the previous
+    best one (another file) is deleted, so a failed save never leaves no best checkpoint."""
+
+    def saved() -> None:
+        if old_path and Path(old_path) != new_path and Path(old_path).is_file():
+            Path(old_path).unlink()
+            runner.logger.info(f"The previous best checkpoint {old_path} is removed")
+
+    return saved
