@@ -281,8 +281,17 @@ def leaf_norms(xs: list[Tensor], members: int | None = None) -> Tensor:
     """
     if members is None:
         return torch.stack(norms(xs)).to(torch.float64)
+    return member_norms(xs, members).to(torch.float64)
+
+
+def member_norms(xs: Sequence[Tensor], members: int, ord: float = 2.0) -> Tensor:  # noqa: A002
+    """The ``ord``-norm of each member's slice of each leaf (leaves with a leading member axis
+    of size ``members``), a ``[leaves, members]`` tensor in the leaves' dtype, on the first
+    leaf's device. Every slice goes through the one foreach norm a member's own leaves would,
+    so each value is bitwise the member's own."""
     slices = [s for x in xs for s in x.unbind(0)]
-    return torch.stack(norms(slices)).to(torch.float64).view(len(xs), members)
+    device = xs[0].device
+    return torch.stack([n.to(device) for n in norms(slices, ord)]).view(len(xs), members)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -265,26 +265,14 @@ def member_global_norm(
     """Each member's global norm of ``tensors`` (leaves with a leading member axis), a 1-d
     tensor of ``members`` values.
 
-    Member ``i``'s norm is the norm of its per-leaf norms in group order, as
-    :func:`functrain.tree.global_norm` computes it on the member's own slices. On an
-    accelerator the per-slice norms come from one ``torch._foreach_norm`` over every member's
-    slice of every leaf (one launch; the same kernel as ``clip_grad_norm_`` on member ``i``
-    alone); on the CPU, where a foreach op is a loop over its tensors, one reduction per leaf
-    over its flattened member rows is several times faster and agrees to an ulp.
+    Member ``i``'s norm is the norm of its per-leaf norms in group order, each from
+    :func:`functrain.transforms.foreach.member_norms` (one foreach norm over every member's
+    slice of every leaf, the kernel ``clip_grad_norm_`` runs on member ``i`` alone).
     """
     first_device = tensors[0].device
-    per_group: list[Tensor] = []
-    for part in info.split(tensors):
-        if part[0].device.type == "cpu":
-            norms = torch.stack(
-                [torch.linalg.vector_norm(t.reshape(members, -1), norm_type, dim=1) for t in part]
-            ).to(first_device)
-        else:
-            slices = [s for t in part for s in t.unbind(0)]
-            norms = torch.stack([n.to(first_device) for n in fe.norms(slices, norm_type)]).view(
-                len(part), members
-            )
-        per_group.append(norms)
+    per_group = [
+        fe.member_norms(part, members, norm_type).to(first_device) for part in info.split(tensors)
+    ]
     # [members, leaves]: each row holds one member's per-leaf norms in torch's order.
     table = torch.cat(per_group).t().contiguous()
     return torch.linalg.vector_norm(table, norm_type, dim=1)
